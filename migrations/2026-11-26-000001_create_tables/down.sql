@@ -1,0 +1,9 @@
+DROP TABLE IF EXISTS kv_delta;
+DROP TABLE IF EXISTS kv_store;
+DROP TABLE IF EXISTS sessions;
+DROP TABLE IF EXISTS worker_queue;
+DROP TABLE IF EXISTS instance_locks;
+DROP TABLE IF EXISTS orchestrator_queue;
+DROP TABLE IF EXISTS history;
+DROP TABLE IF EXISTS executions;
+DROP TABLE IF EXISTS instances;

@@ -1,0 +1,511 @@
+-- Hot-path procedures. Each one is a whole provider operation in one
+-- statement (one network round trip), atomic because a single statement runs
+-- in its own transaction.
+--
+-- `SET search_path FROM CURRENT` pins each function to the schema it was
+-- created in, so a function always touches its own tables whatever the
+-- caller's search_path is.
+--
+-- Durations are passed as milliseconds (BIGINT). Results are JSONB documents
+-- decoded by src/provider/codec.rs.
+
+CREATE INDEX worker_queue_locked_idx ON worker_queue (locked_until) WHERE lock_token IS NOT NULL;
+
+-- The LISTEN/NOTIFY channel of this schema: unique per schema, always a valid
+-- channel name whatever the schema name's length.
+CREATE FUNCTION dx_notify_channel() RETURNS TEXT
+LANGUAGE sql STABLE SET search_path FROM CURRENT AS $$
+    SELECT 'duroxide_' || md5(current_schema())
+$$;
+
+-- Milliseconds from now until `t`, never negative.
+CREATE FUNCTION dx_ms_until(t TIMESTAMPTZ) RETURNS BIGINT
+LANGUAGE sql STABLE AS $$
+    SELECT greatest(0, ceil(extract(epoch FROM (t - now())) * 1000))::BIGINT
+$$;
+
+-- Enqueue one orchestrator message, visible after `p_delay_ms` (0 = now).
+CREATE FUNCTION dx_enqueue_orchestrator(p_instance TEXT, p_kind TEXT, p_item JSONB, p_delay_ms BIGINT)
+RETURNS BIGINT
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+    v_id BIGINT;
+BEGIN
+    INSERT INTO orchestrator_queue (instance_id, kind, work_item, visible_at)
+    VALUES (p_instance, p_kind, p_item, now() + p_delay_ms * INTERVAL '1 millisecond')
+    RETURNING id INTO v_id;
+    PERFORM pg_notify(dx_notify_channel(), 'o');
+    RETURN v_id;
+END
+$$;
+
+-- Enqueue one activity execution.
+CREATE FUNCTION dx_enqueue_worker(p_item JSONB, p_instance TEXT, p_execution_id BIGINT,
+                                  p_activity_id BIGINT, p_session_id TEXT, p_tag TEXT)
+RETURNS BIGINT
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+    v_id BIGINT;
+BEGIN
+    INSERT INTO worker_queue (work_item, instance_id, execution_id, activity_id, session_id, tag)
+    VALUES (p_item, p_instance, p_execution_id, p_activity_id, p_session_id, p_tag)
+    RETURNING id INTO v_id;
+    PERFORM pg_notify(dx_notify_channel(), 'w');
+    RETURN v_id;
+END
+$$;
+
+-- Claim the next orchestration instance with visible messages.
+--
+-- Returns one of:
+--   {"lock_token", "instance", "exists", "name", "version", "execution_id",
+--    "attempt_count", "messages", "history", "kv"}   an instance was locked;
+--   {"retry_ms": n | null}   nothing to claim; n = ms until the earliest
+--                            delayed message or expiring lock, null = none.
+--
+-- p_min_version / p_max_version: inclusive [major, minor, patch] bounds of
+-- the dispatcher's capability filter; NULL = no filter. Executions without a
+-- pinned version always match.
+CREATE FUNCTION dx_fetch_orchestration(p_lock_ms BIGINT, p_min_version INT[], p_max_version INT[])
+RETURNS JSONB
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+    v_instance TEXT;
+    v_token    TEXT;
+    v_exists   BOOLEAN;
+    v_name     TEXT;
+    v_version  TEXT;
+    v_exec     BIGINT;
+    v_messages JSONB;
+    v_attempts INT;
+    v_history  JSONB := '[]';
+    v_kv       JSONB := '{}';
+BEGIN
+    SELECT q.instance_id INTO v_instance
+    FROM orchestrator_queue q
+    LEFT JOIN instance_locks l ON l.instance_id = q.instance_id
+    LEFT JOIN instances i ON i.instance_id = q.instance_id
+    LEFT JOIN executions e ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
+    WHERE q.visible_at <= now()
+      AND (l.instance_id IS NULL OR l.locked_until <= now())
+      AND (p_min_version IS NULL OR e.pinned_major IS NULL
+           OR ARRAY[e.pinned_major, e.pinned_minor, e.pinned_patch] BETWEEN p_min_version AND p_max_version)
+      -- Messages of an instance that does not exist yet wait for its start
+      -- message; orphaned queue messages are selected so they get dropped.
+      AND (i.instance_id IS NOT NULL
+           OR q.kind IN ('StartOrchestration', 'ContinueAsNew', 'QueueMessage')
+           OR EXISTS (SELECT 1 FROM orchestrator_queue s
+                      WHERE s.instance_id = q.instance_id
+                        AND s.kind IN ('StartOrchestration', 'ContinueAsNew')
+                        AND s.visible_at <= now()))
+    ORDER BY q.id
+    LIMIT 1
+    FOR UPDATE OF q SKIP LOCKED;
+
+    IF v_instance IS NULL THEN
+        RETURN jsonb_build_object('retry_ms', dx_ms_until(least(
+            (SELECT min(visible_at) FROM orchestrator_queue WHERE visible_at > now()),
+            (SELECT min(l.locked_until) FROM instance_locks l WHERE l.locked_until > now()))));
+    END IF;
+
+    v_token := gen_random_uuid()::TEXT;
+    INSERT INTO instance_locks AS l (instance_id, lock_token, locked_until, locked_at)
+    VALUES (v_instance, v_token, now() + p_lock_ms * INTERVAL '1 millisecond', now())
+    ON CONFLICT (instance_id) DO UPDATE
+        SET lock_token = EXCLUDED.lock_token,
+            locked_until = EXCLUDED.locked_until,
+            locked_at = EXCLUDED.locked_at
+        WHERE l.locked_until <= now();
+    IF NOT FOUND THEN
+        -- Another dispatcher locked the instance first.
+        RETURN jsonb_build_object('retry_ms', 0);
+    END IF;
+
+    SELECT i.orchestration_name, i.orchestration_version, i.current_execution_id
+    INTO v_name, v_version, v_exec
+    FROM instances i WHERE i.instance_id = v_instance;
+    v_exists := FOUND;
+
+    IF NOT v_exists AND NOT EXISTS (
+        SELECT 1 FROM orchestrator_queue
+        WHERE instance_id = v_instance AND visible_at <= now()
+          AND kind IN ('StartOrchestration', 'ContinueAsNew')) THEN
+        -- Queue messages sent to an instance that was never started are dropped.
+        DELETE FROM orchestrator_queue
+        WHERE instance_id = v_instance AND kind = 'QueueMessage' AND visible_at <= now();
+        DELETE FROM instance_locks WHERE lock_token = v_token;
+        RETURN jsonb_build_object('retry_ms', 0);
+    END IF;
+
+    WITH claimed AS (
+        UPDATE orchestrator_queue
+        SET lock_token = v_token, attempt_count = attempt_count + 1
+        WHERE instance_id = v_instance AND visible_at <= now()
+        RETURNING id, work_item, attempt_count
+    )
+    SELECT jsonb_agg(work_item ORDER BY id), max(attempt_count)
+    INTO v_messages, v_attempts
+    FROM claimed;
+
+    IF v_messages IS NULL THEN
+        DELETE FROM instance_locks WHERE lock_token = v_token;
+        RETURN jsonb_build_object('retry_ms', 0);
+    END IF;
+
+    IF v_exists THEN
+        SELECT coalesce(jsonb_agg(event_data ORDER BY event_id), '[]')
+        INTO v_history
+        FROM history WHERE instance_id = v_instance AND execution_id = v_exec;
+
+        SELECT coalesce(jsonb_object_agg(key, jsonb_build_array(value, last_updated_at_ms)), '{}')
+        INTO v_kv
+        FROM kv_store WHERE instance_id = v_instance;
+    END IF;
+
+    RETURN jsonb_build_object(
+        'lock_token', v_token,
+        'instance', v_instance,
+        'exists', v_exists,
+        'name', v_name,
+        'version', v_version,
+        'execution_id', coalesce(v_exec, 1),
+        'attempt_count', v_attempts,
+        'messages', v_messages,
+        'history', v_history,
+        'kv', v_kv);
+END
+$$;
+
+-- Commit one orchestration turn atomically.
+--
+-- p_history:            [serialized duroxide Event]  (carries "event_id" and "type")
+-- p_worker_items:       [{"item", "instance", "execution_id", "activity_id", "session_id", "tag"}]
+-- p_orchestrator_items: [{"item", "instance", "kind", "visible_at_ms"}]  (visible_at_ms NULL = now)
+-- p_metadata:           {"status", "output", "orchestration_name", "orchestration_version",
+--                        "parent_instance_id", "pinned_version": [major, minor, patch]}
+-- p_custom_status:      NULL = unchanged, {"value": text | null} = set / clear
+-- p_kv_ops:             [{"op": "set" | "clear" | "clear_all", "key", "value", "ts"}]
+-- p_cancelled:          [{"instance", "execution_id", "activity_id"}]
+--
+-- Returns 'ok', or 'lock_lost' (unknown or expired token; nothing changed).
+CREATE FUNCTION dx_ack_orchestration(p_token TEXT, p_execution_id BIGINT, p_history JSONB,
+                                     p_worker_items JSONB, p_orchestrator_items JSONB,
+                                     p_metadata JSONB, p_custom_status JSONB, p_kv_ops JSONB,
+                                     p_cancelled JSONB)
+RETURNS TEXT
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+    v_instance TEXT;
+    v_op       JSONB;
+    v_now_ms   BIGINT := (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT;
+BEGIN
+    SELECT instance_id INTO v_instance
+    FROM instance_locks
+    WHERE lock_token = p_token AND locked_until > now()
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN 'lock_lost';
+    END IF;
+
+    DELETE FROM orchestrator_queue WHERE lock_token = p_token;
+
+    IF p_metadata->>'orchestration_name' IS NOT NULL AND p_metadata->>'orchestration_version' IS NOT NULL THEN
+        INSERT INTO instances AS i (instance_id, orchestration_name, orchestration_version,
+                                    current_execution_id, parent_instance_id)
+        VALUES (v_instance, p_metadata->>'orchestration_name', p_metadata->>'orchestration_version',
+                p_execution_id, p_metadata->>'parent_instance_id')
+        ON CONFLICT (instance_id) DO UPDATE
+            SET orchestration_name = EXCLUDED.orchestration_name,
+                orchestration_version = EXCLUDED.orchestration_version;
+    END IF;
+
+    INSERT INTO executions (instance_id, execution_id)
+    VALUES (v_instance, p_execution_id)
+    ON CONFLICT DO NOTHING;
+
+    IF jsonb_typeof(p_metadata->'pinned_version') = 'array' THEN
+        UPDATE executions
+        SET pinned_major = (p_metadata->'pinned_version'->>0)::INT,
+            pinned_minor = (p_metadata->'pinned_version'->>1)::INT,
+            pinned_patch = (p_metadata->'pinned_version'->>2)::INT
+        WHERE instance_id = v_instance AND execution_id = p_execution_id;
+    END IF;
+
+    UPDATE instances
+    SET current_execution_id = greatest(current_execution_id, p_execution_id),
+        updated_at = now(),
+        custom_status = CASE WHEN p_custom_status IS NULL THEN custom_status
+                             ELSE p_custom_status->>'value' END,
+        custom_status_version = CASE WHEN p_custom_status IS NULL THEN custom_status_version
+                                     ELSE custom_status_version + 1 END
+    WHERE instance_id = v_instance;
+
+    INSERT INTO history (instance_id, execution_id, event_id, event_type, event_data)
+    SELECT v_instance, p_execution_id, (h->>'event_id')::BIGINT, h->>'type', h
+    FROM jsonb_array_elements(p_history) h;
+
+    IF p_metadata->>'status' IS NOT NULL THEN
+        UPDATE executions
+        SET status = p_metadata->>'status', output = p_metadata->>'output', completed_at = now()
+        WHERE instance_id = v_instance AND execution_id = p_execution_id;
+    END IF;
+
+    FOR v_op IN SELECT * FROM jsonb_array_elements(p_kv_ops) LOOP
+        IF v_op->>'op' = 'set' THEN
+            INSERT INTO kv_delta (instance_id, key, value, last_updated_at_ms)
+            VALUES (v_instance, v_op->>'key', v_op->>'value', (v_op->>'ts')::BIGINT)
+            ON CONFLICT (instance_id, key) DO UPDATE
+                SET value = EXCLUDED.value, last_updated_at_ms = EXCLUDED.last_updated_at_ms;
+        ELSIF v_op->>'op' = 'clear' THEN
+            INSERT INTO kv_delta (instance_id, key, value, last_updated_at_ms)
+            VALUES (v_instance, v_op->>'key', NULL, v_now_ms)
+            ON CONFLICT (instance_id, key) DO UPDATE
+                SET value = NULL, last_updated_at_ms = EXCLUDED.last_updated_at_ms;
+        ELSIF v_op->>'op' = 'clear_all' THEN
+            UPDATE kv_delta SET value = NULL, last_updated_at_ms = v_now_ms
+            WHERE instance_id = v_instance;
+            INSERT INTO kv_delta (instance_id, key, value, last_updated_at_ms)
+            SELECT instance_id, key, NULL, v_now_ms FROM kv_store WHERE instance_id = v_instance
+            ON CONFLICT (instance_id, key) DO NOTHING;
+        ELSE
+            RAISE EXCEPTION 'unknown kv operation %', v_op->>'op' USING ERRCODE = '22023';
+        END IF;
+    END LOOP;
+
+    -- A finished execution folds its key-value mutations into the store.
+    IF p_metadata->>'status' IN ('Completed', 'Failed', 'ContinuedAsNew') THEN
+        INSERT INTO kv_store (instance_id, key, value, last_updated_at_ms)
+        SELECT instance_id, key, value, last_updated_at_ms
+        FROM kv_delta WHERE instance_id = v_instance AND value IS NOT NULL
+        ON CONFLICT (instance_id, key) DO UPDATE
+            SET value = EXCLUDED.value, last_updated_at_ms = EXCLUDED.last_updated_at_ms;
+        DELETE FROM kv_store s USING kv_delta d
+        WHERE s.instance_id = v_instance AND d.instance_id = v_instance
+          AND d.key = s.key AND d.value IS NULL;
+        DELETE FROM kv_delta WHERE instance_id = v_instance;
+    END IF;
+
+    INSERT INTO worker_queue (work_item, instance_id, execution_id, activity_id, session_id, tag)
+    SELECT w->'item', w->>'instance', (w->>'execution_id')::BIGINT, (w->>'activity_id')::BIGINT,
+           w->>'session_id', w->>'tag'
+    FROM jsonb_array_elements(p_worker_items) w;
+
+    -- Cancelled activities lose their queue row; a worker running one sees its
+    -- next lock renewal fail. Runs after the insert above, so an activity both
+    -- scheduled and cancelled in one turn never reaches a worker.
+    DELETE FROM worker_queue q
+    USING jsonb_array_elements(p_cancelled) c
+    WHERE q.instance_id = c->>'instance'
+      AND q.execution_id = (c->>'execution_id')::BIGINT
+      AND q.activity_id = (c->>'activity_id')::BIGINT;
+
+    INSERT INTO orchestrator_queue (instance_id, kind, work_item, visible_at)
+    SELECT o->>'instance', o->>'kind', o->'item',
+           coalesce(to_timestamp((o->>'visible_at_ms')::DOUBLE PRECISION / 1000), now())
+    FROM jsonb_array_elements(p_orchestrator_items) o;
+
+    DELETE FROM instance_locks WHERE lock_token = p_token;
+
+    IF jsonb_array_length(p_worker_items) > 0 THEN
+        PERFORM pg_notify(dx_notify_channel(), 'w');
+    END IF;
+    IF jsonb_array_length(p_orchestrator_items) > 0 THEN
+        PERFORM pg_notify(dx_notify_channel(), 'o');
+    END IF;
+    RETURN 'ok';
+END
+$$;
+
+-- Release an orchestration lock without committing the turn. The claimed
+-- messages become visible again after `p_delay_ms`; with p_ignore_attempt
+-- the fetch is not counted as an attempt. Returns false for an unknown token.
+CREATE FUNCTION dx_abandon_orchestration(p_token TEXT, p_delay_ms BIGINT, p_ignore_attempt BOOLEAN)
+RETURNS BOOLEAN
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+BEGIN
+    DELETE FROM instance_locks WHERE lock_token = p_token;
+    IF NOT FOUND THEN
+        RETURN FALSE;
+    END IF;
+    UPDATE orchestrator_queue
+    SET lock_token = NULL,
+        attempt_count = CASE WHEN p_ignore_attempt THEN greatest(0, attempt_count - 1)
+                             ELSE attempt_count END,
+        visible_at = CASE WHEN p_delay_ms > 0 THEN now() + p_delay_ms * INTERVAL '1 millisecond'
+                          ELSE visible_at END
+    WHERE lock_token = p_token;
+    PERFORM pg_notify(dx_notify_channel(), 'o');
+    RETURN TRUE;
+END
+$$;
+
+-- Extend a live orchestration lock. Returns false if it is unknown or expired.
+CREATE FUNCTION dx_renew_orchestration_lock(p_token TEXT, p_extend_ms BIGINT)
+RETURNS BOOLEAN
+LANGUAGE sql SET search_path FROM CURRENT AS $$
+    WITH renewed AS (
+        UPDATE instance_locks
+        SET locked_until = now() + p_extend_ms * INTERVAL '1 millisecond'
+        WHERE lock_token = p_token AND locked_until > now()
+        RETURNING 1
+    )
+    SELECT EXISTS (SELECT 1 FROM renewed)
+$$;
+
+-- Claim the next activity execution.
+--
+-- p_owner_id NULL: only items without a session. Otherwise items of sessions
+-- that are unowned, expired or owned by p_owner_id too, and the session is
+-- claimed (or refreshed) for p_session_lock_ms.
+-- p_tag_mode: 0 = untagged only, 1 = tags in p_tags, 2 = untagged or in p_tags, 3 = any.
+--
+-- Returns {"item", "lock_token", "attempt_count"} or {"retry_ms": n | null}.
+CREATE FUNCTION dx_fetch_work(p_lock_ms BIGINT, p_owner_id TEXT, p_session_lock_ms BIGINT,
+                              p_tag_mode INT, p_tags TEXT[])
+RETURNS JSONB
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+    v_id       BIGINT;
+    v_session  TEXT;
+    v_token    TEXT;
+    v_item     JSONB;
+    v_attempts INT;
+BEGIN
+    SELECT q.id, q.session_id INTO v_id, v_session
+    FROM worker_queue q
+    WHERE q.visible_at <= now()
+      AND (q.lock_token IS NULL OR q.locked_until <= now())
+      AND CASE p_tag_mode
+              WHEN 0 THEN q.tag IS NULL
+              WHEN 1 THEN q.tag = ANY (p_tags)
+              WHEN 2 THEN q.tag IS NULL OR q.tag = ANY (p_tags)
+              ELSE TRUE
+          END
+      AND (q.session_id IS NULL
+           OR (p_owner_id IS NOT NULL AND NOT EXISTS (
+                   SELECT 1 FROM sessions s
+                   WHERE s.session_id = q.session_id
+                     AND s.locked_until > now()
+                     AND s.owner_id <> p_owner_id)))
+    ORDER BY q.id
+    LIMIT 1
+    FOR UPDATE OF q SKIP LOCKED;
+
+    IF v_id IS NULL THEN
+        RETURN jsonb_build_object('retry_ms', dx_ms_until(least(
+            (SELECT min(visible_at) FROM worker_queue WHERE visible_at > now()),
+            (SELECT min(locked_until) FROM worker_queue
+             WHERE lock_token IS NOT NULL AND locked_until > now()))));
+    END IF;
+
+    IF v_session IS NOT NULL THEN
+        INSERT INTO sessions AS s (session_id, owner_id, locked_until, last_activity_at)
+        VALUES (v_session, p_owner_id, now() + p_session_lock_ms * INTERVAL '1 millisecond', now())
+        ON CONFLICT (session_id) DO UPDATE
+            SET owner_id = EXCLUDED.owner_id,
+                locked_until = EXCLUDED.locked_until,
+                last_activity_at = EXCLUDED.last_activity_at
+            WHERE s.locked_until <= now() OR s.owner_id = EXCLUDED.owner_id;
+        IF NOT FOUND THEN
+            -- Another worker claimed the session first.
+            RETURN jsonb_build_object('retry_ms', 0);
+        END IF;
+    END IF;
+
+    v_token := gen_random_uuid()::TEXT;
+    UPDATE worker_queue
+    SET lock_token = v_token,
+        locked_until = now() + p_lock_ms * INTERVAL '1 millisecond',
+        attempt_count = attempt_count + 1
+    WHERE id = v_id
+    RETURNING work_item, attempt_count INTO v_item, v_attempts;
+
+    RETURN jsonb_build_object('item', v_item, 'lock_token', v_token, 'attempt_count', v_attempts);
+END
+$$;
+
+-- Complete an activity: delete its row and, if given, enqueue its completion
+-- for the orchestration. Returns false if the lock is unknown or expired
+-- (cancelled, stolen or already acknowledged); nothing is changed then.
+CREATE FUNCTION dx_ack_work(p_token TEXT, p_instance TEXT, p_kind TEXT, p_completion JSONB)
+RETURNS BOOLEAN
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+    v_session TEXT;
+BEGIN
+    DELETE FROM worker_queue
+    WHERE lock_token = p_token AND locked_until > now()
+    RETURNING session_id INTO v_session;
+    IF NOT FOUND THEN
+        RETURN FALSE;
+    END IF;
+    IF v_session IS NOT NULL THEN
+        UPDATE sessions SET last_activity_at = now()
+        WHERE session_id = v_session AND locked_until > now();
+    END IF;
+    IF p_completion IS NOT NULL THEN
+        INSERT INTO orchestrator_queue (instance_id, kind, work_item)
+        VALUES (p_instance, p_kind, p_completion);
+        PERFORM pg_notify(dx_notify_channel(), 'o');
+    END IF;
+    RETURN TRUE;
+END
+$$;
+
+-- Extend a live activity lock. Returns false if the row is gone (cancelled
+-- or acknowledged) or the lock expired.
+CREATE FUNCTION dx_renew_work_lock(p_token TEXT, p_extend_ms BIGINT)
+RETURNS BOOLEAN
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+    v_session TEXT;
+BEGIN
+    UPDATE worker_queue
+    SET locked_until = now() + p_extend_ms * INTERVAL '1 millisecond'
+    WHERE lock_token = p_token AND locked_until > now()
+    RETURNING session_id INTO v_session;
+    IF NOT FOUND THEN
+        RETURN FALSE;
+    END IF;
+    IF v_session IS NOT NULL THEN
+        UPDATE sessions SET last_activity_at = now()
+        WHERE session_id = v_session AND locked_until > now();
+    END IF;
+    RETURN TRUE;
+END
+$$;
+
+-- Release an activity lock; the item becomes visible after p_delay_ms.
+CREATE FUNCTION dx_abandon_work(p_token TEXT, p_delay_ms BIGINT, p_ignore_attempt BOOLEAN)
+RETURNS BOOLEAN
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+BEGIN
+    UPDATE worker_queue
+    SET lock_token = NULL,
+        locked_until = NULL,
+        visible_at = now() + p_delay_ms * INTERVAL '1 millisecond',
+        attempt_count = CASE WHEN p_ignore_attempt THEN greatest(0, attempt_count - 1)
+                             ELSE attempt_count END
+    WHERE lock_token = p_token;
+    IF NOT FOUND THEN
+        RETURN FALSE;
+    END IF;
+    PERFORM pg_notify(dx_notify_channel(), 'w');
+    RETURN TRUE;
+END
+$$;
+
+-- Heartbeat the non-idle sessions of the given owners; returns how many.
+CREATE FUNCTION dx_renew_sessions(p_owner_ids TEXT[], p_extend_ms BIGINT, p_idle_ms BIGINT)
+RETURNS BIGINT
+LANGUAGE sql SET search_path FROM CURRENT AS $$
+    WITH renewed AS (
+        UPDATE sessions
+        SET locked_until = now() + p_extend_ms * INTERVAL '1 millisecond'
+        WHERE owner_id = ANY (p_owner_ids)
+          AND locked_until > now()
+          AND last_activity_at > now() - p_idle_ms * INTERVAL '1 millisecond'
+        RETURNING 1
+    )
+    SELECT count(*) FROM renewed
+$$;

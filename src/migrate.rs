@@ -1,0 +1,84 @@
+//! Embedded diesel migrations, applied per schema.
+//!
+//! Many processes may start against the same empty schema at once, so the
+//! whole check-and-apply runs under a transaction-independent advisory lock
+//! keyed by the schema name.
+
+use diesel_async::AsyncPgConnection;
+use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+use crate::error::{Error, Result};
+
+/// The migrations in `migrations/`, compiled into the crate.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// Creates `schema` if needed and applies all pending migrations to it.
+///
+/// diesel's migration harness is synchronous, so it runs on a dedicated thread
+/// with its own single-threaded runtime: this works from any caller runtime
+/// (including current-thread test runtimes) and keeps the caller's future `Send`.
+pub(crate) async fn run(
+    url: &str,
+    setup_sql: &str,
+    schema: &str,
+    connect_timeout: std::time::Duration,
+) -> Result<()> {
+    let url = url.to_owned();
+    let setup_sql = setup_sql.to_owned();
+    let schema = schema.to_owned();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("duroxide-diesel-migrate".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Error::Migration(e.to_string()))
+                .and_then(|rt| rt.block_on(apply(&url, &setup_sql, &schema, connect_timeout)));
+            let _ = tx.send(result);
+        })
+        .map_err(|e| Error::Migration(format!("could not start migration thread: {e}")))?;
+    rx.await
+        .map_err(|_| Error::Migration("migration thread stopped unexpectedly".into()))?
+}
+
+async fn apply(
+    url: &str,
+    setup_sql: &str,
+    schema: &str,
+    connect_timeout: std::time::Duration,
+) -> Result<()> {
+    use diesel_async::SimpleAsyncConnection;
+
+    let mut conn: AsyncPgConnection =
+        crate::pool::connect(url, "SELECT 1", connect_timeout).await?;
+    // The lock key is derived from the schema name, so providers of different
+    // schemas migrate in parallel. Session-level: released on unlock or disconnect.
+    let lock = format!("SELECT pg_advisory_lock(hashtext('duroxide-diesel:{schema}'))");
+    conn.batch_execute(&format!(
+        "{lock}; CREATE SCHEMA IF NOT EXISTS \"{schema}\"; {setup_sql}"
+    ))
+    .await?;
+    let (conn, result) = tokio::task::spawn_blocking(move || {
+        let mut wrapper: AsyncConnectionWrapper<AsyncPgConnection> =
+            AsyncConnectionWrapper::from(conn);
+        let result = wrapper
+            .run_pending_migrations(MIGRATIONS)
+            .map(|applied| applied.len())
+            .map_err(|e| Error::Migration(e.to_string()));
+        (wrapper.into_inner(), result)
+    })
+    .await
+    .map_err(|e| Error::Migration(format!("migration task failed: {e}")))?;
+    let mut conn = conn;
+    conn.batch_execute(&format!(
+        "SELECT pg_advisory_unlock(hashtext('duroxide-diesel:{schema}'))"
+    ))
+    .await?;
+    let applied = result?;
+    if applied > 0 {
+        tracing::info!(schema, applied, "applied duroxide-diesel migrations");
+    }
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! Provider options and their validation.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Schema used when none is given.
+pub const DEFAULT_SCHEMA: &str = "public";
+
+/// Settings of a [`PostgresProvider`](crate::PostgresProvider); build one
+/// with [`PostgresProvider::builder`](crate::PostgresProvider::builder).
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub(crate) schema: String,
+    pub(crate) max_connections: u32,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) statement_timeout: Option<Duration>,
+    pub(crate) application_name: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            schema: DEFAULT_SCHEMA.to_owned(),
+            max_connections: 10,
+            connect_timeout: Duration::from_secs(10),
+            statement_timeout: None,
+            application_name: None,
+        }
+    }
+}
+
+impl Options {
+    /// The schema holding the provider's tables and functions.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// Maximum number of pooled connections.
+    pub fn max_connections(&self) -> u32 {
+        self.max_connections
+    }
+
+    /// Timeout for establishing a connection and for waiting on the pool.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// Server-side `statement_timeout` of each connection, if set.
+    pub fn statement_timeout(&self) -> Option<Duration> {
+        self.statement_timeout
+    }
+
+    /// `application_name` reported to the server, if set.
+    pub fn application_name(&self) -> Option<&str> {
+        self.application_name.as_deref()
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        validate_schema_name(&self.schema)?;
+        if self.max_connections == 0 {
+            return Err(Error::InvalidOption(
+                "max_connections must be at least 1".into(),
+            ));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(Error::InvalidOption(
+                "connect_timeout must be greater than zero".into(),
+            ));
+        }
+        if self.statement_timeout.is_some_and(|t| t.as_millis() == 0) {
+            return Err(Error::InvalidOption(
+                "statement_timeout must be at least 1 ms (use None for no timeout)".into(),
+            ));
+        }
+        if let Some(name) = &self.application_name {
+            if name.chars().any(|c| c.is_control()) {
+                return Err(Error::InvalidOption(
+                    "application_name must not contain control characters".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Accepts plain identifiers only: `[a-z_][a-z0-9_]*`, at most 63 bytes, so
+/// the name never needs quoting rules beyond double quotes and is never
+/// folded or truncated by PostgreSQL.
+pub(crate) fn validate_schema_name(name: &str) -> Result<()> {
+    let reject = |reason| {
+        Err(Error::InvalidSchemaName {
+            name: name.to_owned(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return reject("must not be empty");
+    }
+    if name.len() > 63 {
+        return reject("must be at most 63 bytes");
+    }
+    let mut chars = name.chars();
+    if !chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+    {
+        return reject("must start with a lowercase ASCII letter or underscore");
+    }
+    if !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+        return reject("may contain only lowercase ASCII letters, digits and underscores");
+    }
+    if name.starts_with("pg_") {
+        return reject("names starting with pg_ are reserved by PostgreSQL");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_plain_identifiers() {
+        for ok in ["public", "tenant_1", "_x", &"a".repeat(63)] {
+            assert!(validate_schema_name(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn rejects_unsafe_names() {
+        for bad in [
+            "",
+            "has space",
+            "semi;colon",
+            "quo\"te",
+            "Upper",
+            "1abc",
+            "pg_catalog",
+            "dash-ed",
+            &"a".repeat(64),
+        ] {
+            let err = validate_schema_name(bad).unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidSchemaName { .. }),
+                "{bad}: {err}"
+            );
+        }
+    }
+}

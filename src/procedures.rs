@@ -1,0 +1,96 @@
+//! Typed declarations of the PL/pgSQL functions defined in `migrations/`.
+//!
+//! Each hot-path provider call is one of these functions: a single statement,
+//! so a single network round trip once diesel-async has prepared it.
+//! Durations are milliseconds; documents are JSONB (see `provider::codec`).
+
+use diesel::define_sql_function;
+use diesel::sql_types::{Array, BigInt, Bool, Integer, Jsonb, Nullable, Text};
+
+define_sql_function! {
+    /// Name of this schema's LISTEN/NOTIFY channel.
+    fn dx_notify_channel() -> Text;
+}
+
+define_sql_function! {
+    /// Enqueue an orchestrator message visible after `delay_ms`; returns its id.
+    fn dx_enqueue_orchestrator(instance: Text, kind: Text, item: Jsonb, delay_ms: BigInt) -> BigInt;
+}
+
+define_sql_function! {
+    /// Enqueue an activity execution; returns its id.
+    fn dx_enqueue_worker(
+        item: Jsonb,
+        instance: Nullable<Text>,
+        execution_id: Nullable<BigInt>,
+        activity_id: Nullable<BigInt>,
+        session_id: Nullable<Text>,
+        tag: Nullable<Text>,
+    ) -> BigInt;
+}
+
+define_sql_function! {
+    /// Lock the next ready orchestration instance and return its turn.
+    fn dx_fetch_orchestration(
+        lock_ms: BigInt,
+        min_version: Nullable<Array<Integer>>,
+        max_version: Nullable<Array<Integer>>,
+    ) -> Jsonb;
+}
+
+define_sql_function! {
+    /// Commit an orchestration turn; returns `ok` or `lock_lost`.
+    #[allow(clippy::too_many_arguments)]
+    fn dx_ack_orchestration(
+        token: Text,
+        execution_id: BigInt,
+        history: Jsonb,
+        worker_items: Jsonb,
+        orchestrator_items: Jsonb,
+        metadata: Jsonb,
+        custom_status: Nullable<Jsonb>,
+        kv_ops: Jsonb,
+        cancelled: Jsonb,
+    ) -> Text;
+}
+
+define_sql_function! {
+    /// Release an orchestration lock; false for an unknown token.
+    fn dx_abandon_orchestration(token: Text, delay_ms: BigInt, ignore_attempt: Bool) -> Bool;
+}
+
+define_sql_function! {
+    /// Extend an orchestration lock; false if unknown or expired.
+    fn dx_renew_orchestration_lock(token: Text, extend_ms: BigInt) -> Bool;
+}
+
+define_sql_function! {
+    /// Lock the next matching activity execution.
+    fn dx_fetch_work(
+        lock_ms: BigInt,
+        owner_id: Nullable<Text>,
+        session_lock_ms: BigInt,
+        tag_mode: Integer,
+        tags: Array<Text>,
+    ) -> Jsonb;
+}
+
+define_sql_function! {
+    /// Complete an activity, enqueueing its completion; false if the lock is gone.
+    fn dx_ack_work(token: Text, instance: Nullable<Text>, kind: Nullable<Text>, completion: Nullable<Jsonb>) -> Bool;
+}
+
+define_sql_function! {
+    /// Extend an activity lock; false if the row is gone or the lock expired.
+    fn dx_renew_work_lock(token: Text, extend_ms: BigInt) -> Bool;
+}
+
+define_sql_function! {
+    /// Release an activity lock; false for an unknown token.
+    fn dx_abandon_work(token: Text, delay_ms: BigInt, ignore_attempt: Bool) -> Bool;
+}
+
+define_sql_function! {
+    /// Heartbeat the non-idle sessions of the given owners; returns the count.
+    fn dx_renew_sessions(owner_ids: Array<Text>, extend_ms: BigInt, idle_ms: BigInt) -> BigInt;
+}

@@ -1,0 +1,90 @@
+//! History reads and raw appends (outside the hot path, except `read`).
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use duroxide::Event;
+use serde_json::Value;
+
+use super::codec;
+use crate::error::Result;
+use crate::schema::{executions, history};
+use crate::{PostgresProvider, pool};
+
+diesel::define_sql_function! {
+    /// `coalesce` for a nullable BIGINT with a fallback.
+    fn coalesce(x: diesel::sql_types::Nullable<diesel::sql_types::BigInt>, y: diesel::sql_types::BigInt) -> diesel::sql_types::BigInt;
+}
+
+/// History of the latest execution (the highest recorded execution id, 1 if
+/// none), in one statement.
+pub(crate) async fn read_latest(p: &PostgresProvider, instance: &str) -> Result<Vec<Event>> {
+    let latest = executions::table
+        .filter(executions::instance_id.eq(instance))
+        .select(diesel::dsl::max(executions::execution_id))
+        .single_value();
+    let mut conn = pool::get(&p.pool).await?;
+    let rows: Vec<Value> = history::table
+        .filter(history::instance_id.eq(instance))
+        .filter(history::execution_id.eq(coalesce(latest, 1_i64)))
+        .order(history::event_id.asc())
+        .select(history::event_data)
+        .load(&mut conn)
+        .await?;
+    codec::decode_history(rows)
+}
+
+/// History of one execution.
+pub(crate) async fn read_execution(
+    p: &PostgresProvider,
+    instance: &str,
+    execution_id: u64,
+) -> Result<Vec<Event>> {
+    let execution_id = codec::to_i64(execution_id, "execution_id")?;
+    let mut conn = pool::get(&p.pool).await?;
+    let rows: Vec<Value> = history::table
+        .filter(history::instance_id.eq(instance))
+        .filter(history::execution_id.eq(execution_id))
+        .order(history::event_id.asc())
+        .select(history::event_data)
+        .load(&mut conn)
+        .await?;
+    codec::decode_history(rows)
+}
+
+/// Appends events as given (test setup and fault injection); duplicates fail.
+pub(crate) async fn append(
+    p: &PostgresProvider,
+    instance: &str,
+    execution_id: u64,
+    events: &[Event],
+) -> Result<()> {
+    codec::history_delta(events)?;
+    let execution_id = codec::to_i64(execution_id, "execution_id")?;
+    let rows = events
+        .iter()
+        .map(|e| {
+            let data = codec::to_json(e)?;
+            let event_type = data
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("Unknown")
+                .to_owned();
+            Ok((
+                history::instance_id.eq(instance.to_owned()),
+                history::execution_id.eq(execution_id),
+                history::event_id.eq(codec::to_i64(e.event_id(), "event_id")?),
+                history::event_type.eq(event_type),
+                history::event_data.eq(data),
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut conn = pool::get(&p.pool).await?;
+    diesel::insert_into(history::table)
+        .values(rows)
+        .execute(&mut conn)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,178 @@
+//! Shared test support: a PostgreSQL server, a fresh schema per test, and
+//! the `ProviderFactory` that duroxide's validation suite drives.
+
+#![allow(dead_code)]
+
+pub mod pg;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use duroxide::provider_validations::ProviderFactory;
+use duroxide::providers::Provider;
+use duroxide_diesel::PostgresProvider;
+
+/// A fresh random schema name.
+pub fn unique_schema(prefix: &str) -> String {
+    format!("{prefix}_{:016x}", rand::random::<u64>())
+}
+
+/// Runs one SQL batch on a new connection (test setup and inspection).
+pub async fn exec(url: &str, sql: &str) {
+    let mut conn = AsyncPgConnection::establish(url).await.expect("connect");
+    conn.batch_execute(sql).await.expect("execute");
+}
+
+/// Drops a test schema.
+pub async fn drop_schema(url: &str, schema: &str) {
+    exec(url, &format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await;
+}
+
+/// One test's database: a schema of its own, dropped by [`TestDb::cleanup`].
+pub struct TestDb {
+    pub url: String,
+    pub schema: String,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        Self {
+            url: pg::database_url(),
+            schema: unique_schema("dxt"),
+        }
+    }
+
+    pub async fn provider(&self) -> PostgresProvider {
+        PostgresProvider::builder(&self.url)
+            .schema(&self.schema)
+            .max_connections(8)
+            .build()
+            .await
+            .expect("create provider")
+    }
+
+    pub async fn cleanup(self) {
+        drop_schema(&self.url, &self.schema).await;
+    }
+
+    /// A query result as text (first column of the first row).
+    pub async fn scalar(&self, sql: &str) -> Option<String> {
+        use diesel::QueryableByName;
+        use diesel_async::RunQueryDsl;
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+            v: Option<String>,
+        }
+        let mut conn = AsyncPgConnection::establish(&self.url)
+            .await
+            .expect("connect");
+        conn.batch_execute(&format!("SET search_path TO \"{}\"", self.schema))
+            .await
+            .expect("search_path");
+        let rows: Vec<Row> = diesel::sql_query(format!("SELECT ({sql})::text AS v"))
+            .load(&mut conn)
+            .await
+            .expect("scalar query");
+        rows.into_iter().next().and_then(|r| r.v)
+    }
+}
+
+/// The validation suite's factory. Like duroxide's own SQLite factory, each
+/// `create_provider` call gets a fresh, empty store (here: a new schema);
+/// the corruption and attempt-count hooks act on the latest one. Lock
+/// timeouts are short so expiry tests finish quickly.
+pub struct Factory {
+    url: String,
+    schemas: std::sync::Mutex<Vec<String>>,
+}
+
+impl Factory {
+    pub async fn new() -> Self {
+        Self {
+            url: pg::database_url(),
+            schemas: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    fn latest(&self) -> TestDb {
+        let schema = self
+            .schemas
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("no provider created yet");
+        TestDb {
+            url: self.url.clone(),
+            schema,
+        }
+    }
+
+    pub async fn cleanup(self) {
+        let schemas = std::mem::take(&mut *self.schemas.lock().unwrap());
+        for schema in schemas {
+            drop_schema(&self.url, &schema).await;
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ProviderFactory for Factory {
+    async fn create_provider(&self) -> Arc<dyn Provider> {
+        let db = TestDb {
+            url: self.url.clone(),
+            schema: unique_schema("dxv"),
+        };
+        let provider = db.provider().await;
+        self.schemas.lock().unwrap().push(db.schema);
+        Arc::new(provider)
+    }
+
+    fn lock_timeout(&self) -> Duration {
+        Duration::from_secs(2)
+    }
+
+    fn short_poll_threshold(&self) -> Duration {
+        Duration::from_millis(500)
+    }
+
+    async fn corrupt_instance_history(&self, instance: &str) {
+        let db = self.latest();
+        let sql = format!(
+            "UPDATE \"{}\".history SET event_data = '{{\"type\": \"NoSuchEventKind\"}}'::jsonb \
+             WHERE instance_id = '{}'",
+            db.schema,
+            instance.replace('\'', "''")
+        );
+        exec(&db.url, &sql).await;
+    }
+
+    async fn get_max_attempt_count(&self, instance: &str) -> u32 {
+        let v = self
+            .latest()
+            .scalar(&format!(
+                "SELECT max(attempt_count) FROM orchestrator_queue WHERE instance_id = '{}'",
+                instance.replace('\'', "''")
+            ))
+            .await;
+        v.and_then(|s| s.parse().ok()).unwrap_or(0)
+    }
+}
+
+/// Declares one `#[tokio::test]` per validation function of the `suite`
+/// module in scope, each with a fresh factory.
+#[macro_export]
+macro_rules! validation_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let factory = $crate::common::Factory::new().await;
+                suite::$name(&factory).await;
+                factory.cleanup().await;
+            }
+        )*
+    };
+}

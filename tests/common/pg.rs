@@ -1,0 +1,151 @@
+//! Locates a PostgreSQL server for tests and examples.
+//!
+//! `DATABASE_URL` wins when set. Otherwise a throwaway cluster is created and
+//! started from the PostgreSQL binaries installed on this machine (shared by
+//! every test process, started once under a file lock, left running for the
+//! next run). PostgreSQL refuses to run as root, so as root the cluster runs
+//! as the `postgres` user.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Port of the throwaway cluster (override with DUROXIDE_TEST_PG_PORT).
+const DEFAULT_PORT: u16 = 55433;
+
+/// A URL of a server to test against, starting the throwaway cluster if needed.
+pub fn database_url() -> String {
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        if !url.is_empty() {
+            return url;
+        }
+    }
+    let port: u16 = std::env::var("DUROXIDE_TEST_PG_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(DEFAULT_PORT);
+    ensure_local_cluster(port);
+    format!("postgres://postgres@127.0.0.1:{port}/postgres")
+}
+
+fn bindir() -> PathBuf {
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join("initdb").exists() {
+            return dir;
+        }
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.retain(|p| p.join("initdb").exists());
+    versions.sort();
+    versions.pop().unwrap_or_else(|| {
+        panic!(
+            "no PostgreSQL binaries found (looked at pg_config and /usr/lib/postgresql/*/bin): \
+             install PostgreSQL, run `docker compose up -d` and set DATABASE_URL, or set DATABASE_URL"
+        )
+    })
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Runs a PostgreSQL binary, as `postgres` when we are root.
+fn run_pg(bin: &Path, args: &[&str]) -> std::process::Output {
+    let mut cmd = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    };
+    cmd.args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("could not run {}: {e}", bin.display()))
+}
+
+fn ensure_local_cluster(port: u16) {
+    let root = std::env::temp_dir().join(format!("duroxide-diesel-pg-{port}"));
+    let data = root.join("data");
+    std::fs::create_dir_all(&root).expect("create test cluster directory");
+    if is_root() {
+        let _ = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&root)
+            .status();
+    }
+    // Serialize setup across the parallel test processes.
+    let lock_path = root.join("setup.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .expect("open setup lock");
+    flock(&lock);
+
+    let bin = bindir();
+    let data_s = data.to_string_lossy().to_string();
+    if !data.join("PG_VERSION").exists() {
+        let out = run_pg(
+            &bin.join("initdb"),
+            &[
+                "-D",
+                &data_s,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let status = run_pg(&bin.join("pg_ctl"), &["-D", &data_s, "status"]);
+    if !status.status.success() {
+        let opts = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off \
+             -c synchronous_commit=off -c full_page_writes=off",
+            root.to_string_lossy()
+        );
+        let log = root.join("postgres.log").to_string_lossy().to_string();
+        let out = run_pg(
+            &bin.join("pg_ctl"),
+            &["-D", &data_s, "-l", &log, "-o", &opts, "-w", "start"],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}{}\nsee {log}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    drop(lock);
+}
+
+fn flock(file: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    unsafe extern "C" {
+        fn flock(fd: i32, operation: i32) -> i32;
+    }
+    const LOCK_EX: i32 = 2;
+    // SAFETY: flock on a valid open descriptor; released when the file is closed.
+    let rc = unsafe { flock(file.as_raw_fd(), LOCK_EX) };
+    assert_eq!(rc, 0, "flock failed");
+}
