@@ -56,7 +56,7 @@ pub enum Error {
     Data(String),
 
     /// The lock token is unknown, expired, or was already used.
-    #[error("lock token is unknown, expired or already used")]
+    #[error("Invalid lock token: unknown, expired or already used")]
     LockLost,
 }
 

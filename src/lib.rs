@@ -144,6 +144,16 @@ impl PostgresProviderBuilder {
         self
     }
 
+    /// Long polling (default on): when no work is ready, fetches wait up to
+    /// the runtime's poll timeout for a notification instead of returning at
+    /// once. The first waiting fetch opens one extra connection that LISTENs
+    /// on this schema's channel. Off: fetches return immediately and the
+    /// runtime polls at its own interval.
+    pub fn long_polling(mut self, enabled: bool) -> Self {
+        self.options.long_polling = enabled;
+        self
+    }
+
     /// Validates the options, applies pending migrations and returns the provider.
     ///
     /// Fails with a clear [`Error`] for a malformed URL, an unsafe schema name,

@@ -16,6 +16,7 @@ pub struct Options {
     pub(crate) connect_timeout: Duration,
     pub(crate) statement_timeout: Option<Duration>,
     pub(crate) application_name: Option<String>,
+    pub(crate) long_polling: bool,
 }
 
 impl Default for Options {
@@ -26,6 +27,7 @@ impl Default for Options {
             connect_timeout: Duration::from_secs(10),
             statement_timeout: None,
             application_name: None,
+            long_polling: true,
         }
     }
 }
@@ -54,6 +56,11 @@ impl Options {
     /// `application_name` reported to the server, if set.
     pub fn application_name(&self) -> Option<&str> {
         self.application_name.as_deref()
+    }
+
+    /// Whether fetches wait for work (LISTEN/NOTIFY) up to their poll timeout.
+    pub fn long_polling(&self) -> bool {
+        self.long_polling
     }
 
     pub(crate) fn validate(&self) -> Result<()> {

@@ -207,6 +207,7 @@ mod long_polling {
     use duroxide::provider_validations::ProviderFactory;
     use duroxide::provider_validations::long_polling as suite;
 
+    /// Runs a long-polling test on the factory's provider (long polling on).
     async fn run<F, Fut>(test: F)
     where
         F: FnOnce(std::sync::Arc<dyn duroxide::providers::Provider>, std::time::Duration) -> Fut,
@@ -219,14 +220,42 @@ mod long_polling {
         factory.cleanup().await;
     }
 
+    /// Runs a short-poll test: these assert that a provider without long
+    /// polling ignores the poll timeout, so the provider is built with
+    /// long polling switched off.
+    async fn run_short<F, Fut>(test: F)
+    where
+        F: FnOnce(std::sync::Arc<dyn duroxide::providers::Provider>, std::time::Duration) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let factory = crate::common::Factory::new().await;
+        let db = crate::common::TestDb::new().await;
+        let provider = duroxide_diesel::PostgresProvider::builder(&db.url)
+            .schema(&db.schema)
+            .long_polling(false)
+            .build()
+            .await
+            .expect("provider");
+        test(
+            std::sync::Arc::new(provider),
+            factory.short_poll_threshold(),
+        )
+        .await;
+        db.cleanup().await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn test_short_poll_returns_immediately() {
-        run(|p, t| async move { suite::test_short_poll_returns_immediately(&*p, t).await }).await;
+        run_short(|p, t| async move { suite::test_short_poll_returns_immediately(&*p, t).await })
+            .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn test_short_poll_work_item_returns_immediately() {
-        run(|p, t| async move { suite::test_short_poll_work_item_returns_immediately(&*p, t).await }).await;
+        run_short(|p, t| async move {
+            suite::test_short_poll_work_item_returns_immediately(&*p, t).await
+        })
+        .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -59,6 +59,7 @@ $$;
 --
 -- Returns one of:
 --   {"lock_token", "instance", "exists", "name", "version", "execution_id",
+--    (name / version NULL when unknown: the caller takes them from the start message)
 --    "attempt_count", "messages", "history", "kv"}   an instance was locked;
 --   {"retry_ms": n | null}   nothing to claim; n = ms until the earliest
 --                            delayed message or expiring lock, null = none.
@@ -94,6 +95,7 @@ BEGIN
       -- message; orphaned queue messages are selected so they get dropped.
       AND (i.instance_id IS NOT NULL
            OR q.kind IN ('StartOrchestration', 'ContinueAsNew', 'QueueMessage')
+           OR EXISTS (SELECT 1 FROM executions x WHERE x.instance_id = q.instance_id)
            OR EXISTS (SELECT 1 FROM orchestrator_queue s
                       WHERE s.instance_id = q.instance_id
                         AND s.kind IN ('StartOrchestration', 'ContinueAsNew')
@@ -125,6 +127,22 @@ BEGIN
     INTO v_name, v_version, v_exec
     FROM instances i WHERE i.instance_id = v_instance;
     v_exists := FOUND;
+
+    IF NOT v_exists THEN
+        -- Turns acknowledged without instance metadata leave executions and
+        -- history only; the instance is known through them.
+        SELECT max(execution_id) INTO v_exec FROM executions WHERE instance_id = v_instance;
+        IF v_exec IS NOT NULL THEN
+            v_exists := TRUE;
+            SELECT h.event_data->>'name', h.event_data->>'version'
+            INTO v_name, v_version
+            FROM history h
+            WHERE h.instance_id = v_instance AND h.execution_id = v_exec
+              AND h.event_type = 'OrchestrationStarted'
+            ORDER BY h.event_id
+            LIMIT 1;
+        END IF;
+    END IF;
 
     IF NOT v_exists AND NOT EXISTS (
         SELECT 1 FROM orchestrator_queue

@@ -166,7 +166,6 @@ pub(crate) struct Idle {
 pub(crate) struct ClaimedOrchestration {
     pub lock_token: String,
     pub instance: String,
-    pub exists: bool,
     pub name: Option<String>,
     pub version: Option<String>,
     pub execution_id: u64,

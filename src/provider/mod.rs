@@ -65,7 +65,8 @@ impl PostgresProvider {
         Fut: std::future::Future<Output = Result<Step<T>>>,
     {
         let deadline = Instant::now() + poll_timeout;
-        let wakeups = (!poll_timeout.is_zero()).then(|| Arc::clone(self.wakeups()));
+        let wakeups = (self.options.long_polling && !poll_timeout.is_zero())
+            .then(|| Arc::clone(self.wakeups()));
         loop {
             // Register interest before looking, so a notification sent while
             // the attempt runs is not missed.

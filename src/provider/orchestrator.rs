@@ -69,26 +69,26 @@ fn into_item(c: ClaimedOrchestration) -> Result<(OrchestrationItem, String, u32)
 
     // A new instance takes its name and version from its start message; the
     // runtime resolves a missing version and stores it through ack metadata.
-    let (name, version) = if c.exists {
-        (c.name.unwrap_or_default(), c.version)
-    } else {
-        messages
-            .iter()
-            .find_map(|m| match m {
-                WorkItem::StartOrchestration {
-                    orchestration,
-                    version,
-                    ..
-                }
-                | WorkItem::ContinueAsNew {
-                    orchestration,
-                    version,
-                    ..
-                } => Some((orchestration.clone(), version.clone())),
-                _ => None,
-            })
-            .unwrap_or_default()
-    };
+    let start = messages.iter().find_map(|m| match m {
+        WorkItem::StartOrchestration {
+            orchestration,
+            version,
+            ..
+        }
+        | WorkItem::ContinueAsNew {
+            orchestration,
+            version,
+            ..
+        } => Some((orchestration, version)),
+        _ => None,
+    });
+    let name = c
+        .name
+        .or_else(|| start.map(|(name, _)| name.clone()))
+        .unwrap_or_default();
+    let version = c
+        .version
+        .or_else(|| start.and_then(|(_, version)| version.clone()));
 
     // Undecodable history is reported in `history_error` with the lock held,
     // so the runtime's poison handling can terminate the instance.
