@@ -327,7 +327,11 @@ BEGIN
     IF jsonb_array_length(p_worker_items) > 0 THEN
         PERFORM pg_notify(dx_notify_channel(), 'w');
     END IF;
-    IF jsonb_array_length(p_orchestrator_items) > 0 THEN
+    -- Wake orchestrator waiters for new messages, and for messages of this
+    -- instance that arrived while it was locked: it is claimable again now.
+    IF jsonb_array_length(p_orchestrator_items) > 0
+       OR EXISTS (SELECT 1 FROM orchestrator_queue
+                  WHERE instance_id = v_instance AND visible_at <= now()) THEN
         PERFORM pg_notify(dx_notify_channel(), 'o');
     END IF;
     RETURN 'ok';
@@ -413,7 +417,9 @@ BEGIN
         RETURN jsonb_build_object('retry_ms', dx_ms_until(least(
             (SELECT min(visible_at) FROM worker_queue WHERE visible_at > now()),
             (SELECT min(locked_until) FROM worker_queue
-             WHERE lock_token IS NOT NULL AND locked_until > now()))));
+             WHERE lock_token IS NOT NULL AND locked_until > now()),
+            (SELECT min(locked_until) FROM sessions
+             WHERE p_owner_id IS NOT NULL AND locked_until > now()))));
     END IF;
 
     IF v_session IS NOT NULL THEN

@@ -233,7 +233,7 @@ impl Provider for PostgresProvider {
             Ok(
                 match worker::fetch_once(self, lock_timeout, session, tag_filter).await? {
                     worker::Attempt::Item(item, token, attempts) => {
-                        Step::Ready((item, token, attempts))
+                        Step::Ready((*item, token, attempts))
                     }
                     worker::Attempt::Idle(retry) => Step::Idle(retry),
                 },

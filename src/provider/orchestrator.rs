@@ -33,7 +33,7 @@ pub(crate) async fn fetch_once(
     // Only the first range is honoured, as duroxide's contract specifies.
     let (min, max) = match filter {
         None => (None, None),
-        Some(f) => match f.supported_duroxide_versions.iter().next() {
+        Some(f) => match f.supported_duroxide_versions.as_slice().first() {
             None => return Ok(Attempt::Idle(None)),
             Some(r) => (Some(version_array(&r.min)), Some(version_array(&r.max))),
         },

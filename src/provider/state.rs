@@ -116,7 +116,7 @@ pub(crate) async fn instance_stats(
     let history_size_bytes: usize = events.iter().map(|(_, e)| e.to_string().len()).sum();
 
     // Messages carried over by continue-as-new live in the first event.
-    let queue_pending_count = match events.iter().next() {
+    let queue_pending_count = match events.as_slice().first() {
         Some((1, first)) => {
             let event: duroxide::Event = codec::from_json(first.clone(), "history event")?;
             match event.kind {

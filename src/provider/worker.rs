@@ -15,7 +15,7 @@ use crate::{PostgresProvider, pool};
 
 /// What one fetch attempt produced.
 pub(crate) enum Attempt {
-    Item(WorkItem, String, u32),
+    Item(Box<WorkItem>, String, u32),
     /// Nothing claimable; `Some(ms)` = something may become claimable in `ms`.
     Idle(Option<u64>),
 }
@@ -63,7 +63,7 @@ pub(crate) async fn fetch_once(
         Fetched::Idle(idle) => Ok(Attempt::Idle(idle.retry_ms)),
         Fetched::Claimed(c) => {
             let item = codec::from_json::<WorkItem>(c.item, "worker queue item")?;
-            Ok(Attempt::Item(item, c.lock_token, c.attempt_count))
+            Ok(Attempt::Item(Box::new(item), c.lock_token, c.attempt_count))
         }
     }
 }

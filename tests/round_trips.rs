@@ -1,0 +1,548 @@
+//! Network round trips per hot-path call, counted by a TCP proxy between the
+//! pool and PostgreSQL (see `common::proxy`).
+//!
+//! Each test warms the call up once (the first use opens the pooled
+//! connection, runs its session setup and prepares the statement), then
+//! measures exactly one more call of the same kind: in steady state every
+//! hot-path call is a single statement, so a single round trip.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestDb;
+use common::proxy::{self, Proxy};
+use duroxide::providers::{ExecutionMetadata, OrchestrationItem, Provider, TagFilter, WorkItem};
+use duroxide::{Event, EventKind};
+use duroxide_diesel::PostgresProvider;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const LOCK: Duration = Duration::from_secs(30);
+
+/// A provider whose every connection goes through a proxy.
+struct Proxied {
+    db: TestDb,
+    proxy: Proxy,
+    provider: PostgresProvider,
+}
+
+impl Proxied {
+    async fn new(delay: Duration) -> Self {
+        let db = TestDb::new().await;
+        let proxy = Proxy::for_url(&db.url, delay).await.expect("start proxy");
+        let provider = PostgresProvider::builder(&proxy.url(&db.url))
+            .schema(&db.schema)
+            .build()
+            .await
+            .expect("create provider through the proxy");
+        Self {
+            db,
+            proxy,
+            provider,
+        }
+    }
+
+    /// Runs one call and returns its output with the round trips it took,
+    /// after checking that it reused the warm pooled connection.
+    async fn measure<F: std::future::Future>(&self, call: F) -> (F::Output, u64) {
+        let (out, snap) = self.proxy.measure_snapshot(call).await;
+        assert_eq!(
+            snap.connections, 0,
+            "the measured call opened a connection; warm-up missed something: {snap:?}"
+        );
+        (out, snap.round_trips)
+    }
+
+    async fn cleanup(self) {
+        let Self {
+            db,
+            proxy,
+            provider,
+        } = self;
+        drop(provider);
+        drop(proxy);
+        db.cleanup().await;
+    }
+
+    fn p(&self) -> &PostgresProvider {
+        &self.provider
+    }
+
+    async fn enqueue_start(&self, instance: &str) {
+        self.p()
+            .enqueue_for_orchestrator(start_item(instance), None)
+            .await
+            .expect("enqueue start");
+    }
+
+    async fn fetch_orchestration(&self) -> (OrchestrationItem, String, u32) {
+        self.p()
+            .fetch_orchestration_item(LOCK, Duration::ZERO, None)
+            .await
+            .expect("fetch orchestration")
+            .expect("an orchestration item is ready")
+    }
+
+    async fn ack_first_turn(&self, instance: &str, token: &str) {
+        ack_first_turn(self.p(), instance, token)
+            .await
+            .expect("ack first turn");
+    }
+
+    /// Enqueue, fetch and ack a first turn: the instance then has history.
+    async fn create_instance(&self, instance: &str) {
+        self.enqueue_start(instance).await;
+        let (item, token, _) = self.fetch_orchestration().await;
+        assert_eq!(item.instance, instance);
+        self.ack_first_turn(instance, &token).await;
+    }
+
+    async fn enqueue_activity(&self, instance: &str, id: u64) {
+        self.p()
+            .enqueue_for_worker(activity(instance, id))
+            .await
+            .expect("enqueue activity");
+    }
+
+    async fn fetch_work(&self) -> (WorkItem, String, u32) {
+        self.p()
+            .fetch_work_item(LOCK, Duration::ZERO, None, &TagFilter::DefaultOnly)
+            .await
+            .expect("fetch work")
+            .expect("a work item is ready")
+    }
+}
+
+fn start_item(instance: &str) -> WorkItem {
+    WorkItem::StartOrchestration {
+        instance: instance.to_owned(),
+        orchestration: "TestOrch".to_owned(),
+        input: "{}".to_owned(),
+        version: Some("1.0.0".to_owned()),
+        parent_instance: None,
+        parent_id: None,
+        parent_execution_id: None,
+        execution_id: duroxide::INITIAL_EXECUTION_ID,
+    }
+}
+
+fn activity(instance: &str, id: u64) -> WorkItem {
+    WorkItem::ActivityExecute {
+        instance: instance.to_owned(),
+        execution_id: duroxide::INITIAL_EXECUTION_ID,
+        id,
+        name: format!("Activity{id}"),
+        input: format!("input{id}"),
+        session_id: None,
+        tag: None,
+    }
+}
+
+fn completion(instance: &str, id: u64) -> WorkItem {
+    WorkItem::ActivityCompleted {
+        instance: instance.to_owned(),
+        execution_id: duroxide::INITIAL_EXECUTION_ID,
+        id,
+        result: format!("result{id}"),
+    }
+}
+
+/// The ack of a first turn, as duroxide's validation suite does it.
+async fn ack_first_turn(
+    p: &PostgresProvider,
+    instance: &str,
+    token: &str,
+) -> Result<(), duroxide::providers::ProviderError> {
+    let started = Event::with_event_id(
+        duroxide::INITIAL_EVENT_ID,
+        instance.to_owned(),
+        duroxide::INITIAL_EXECUTION_ID,
+        None,
+        EventKind::OrchestrationStarted {
+            name: "TestOrch".to_owned(),
+            version: "1.0.0".to_owned(),
+            input: "{}".to_owned(),
+            parent_instance: None,
+            parent_id: None,
+            parent_execution_id: None,
+            carry_forward_events: None,
+            initial_custom_status: None,
+        },
+    );
+    let metadata = ExecutionMetadata {
+        orchestration_name: Some("TestOrch".to_owned()),
+        orchestration_version: Some("1.0.0".to_owned()),
+        ..Default::default()
+    };
+    p.ack_orchestration_item(
+        token,
+        duroxide::INITIAL_EXECUTION_ID,
+        vec![started],
+        vec![],
+        vec![],
+        metadata,
+        vec![],
+    )
+    .await
+}
+
+// ---------------------------------------------------------------------------
+// Orchestrator queue
+
+#[tokio::test]
+async fn enqueue_for_orchestrator_is_one_round_trip() {
+    let t = Proxied::new(Duration::ZERO).await;
+    t.enqueue_start("warm").await;
+
+    let (res, rt) = t
+        .measure(t.p().enqueue_for_orchestrator(start_item("measured"), None))
+        .await;
+    res.expect("enqueue");
+    assert_eq!(rt, 1, "enqueue_for_orchestrator round trips");
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn fetch_orchestration_item_is_one_round_trip() {
+    let t = Proxied::new(Duration::ZERO).await;
+    t.enqueue_start("warm").await;
+    t.enqueue_start("measured").await;
+    t.fetch_orchestration().await;
+
+    let (res, rt) = t
+        .measure(t.p().fetch_orchestration_item(LOCK, Duration::ZERO, None))
+        .await;
+    let (item, _, _) = res.expect("fetch").expect("an item is ready");
+    assert_eq!(item.instance, "measured");
+    assert_eq!(rt, 1, "fetch_orchestration_item round trips");
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn empty_fetches_are_one_round_trip() {
+    let t = Proxied::new(Duration::ZERO).await;
+    let empty_orchestration = || t.p().fetch_orchestration_item(LOCK, Duration::ZERO, None);
+    let empty_work = || {
+        t.p()
+            .fetch_work_item(LOCK, Duration::ZERO, None, &TagFilter::DefaultOnly)
+    };
+    assert!(empty_orchestration().await.expect("fetch").is_none());
+    assert!(empty_work().await.expect("fetch").is_none());
+
+    let (res, rt) = t.measure(empty_orchestration()).await;
+    assert!(res.expect("fetch").is_none());
+    assert_eq!(rt, 1, "empty fetch_orchestration_item round trips");
+
+    let (res, rt) = t.measure(empty_work()).await;
+    assert!(res.expect("fetch").is_none());
+    assert_eq!(rt, 1, "empty fetch_work_item round trips");
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn ack_orchestration_item_is_one_round_trip() {
+    let t = Proxied::new(Duration::ZERO).await;
+    t.create_instance("warm").await;
+    t.enqueue_start("measured").await;
+    let (_, token, _) = t.fetch_orchestration().await;
+
+    let (res, rt) = t.measure(ack_first_turn(t.p(), "measured", &token)).await;
+    res.expect("ack");
+    assert_eq!(rt, 1, "ack_orchestration_item round trips");
+    assert_eq!(t.p().read("measured").await.expect("read").len(), 1);
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn abandon_orchestration_item_is_one_round_trip() {
+    let t = Proxied::new(Duration::ZERO).await;
+    t.enqueue_start("i").await;
+    let (_, token, _) = t.fetch_orchestration().await;
+    t.p()
+        .abandon_orchestration_item(&token, None, false)
+        .await
+        .expect("warm abandon");
+    let (_, token, attempts) = t.fetch_orchestration().await;
+    assert_eq!(attempts, 2);
+
+    let (res, rt) = t
+        .measure(t.p().abandon_orchestration_item(&token, None, false))
+        .await;
+    res.expect("abandon");
+    assert_eq!(rt, 1, "abandon_orchestration_item round trips");
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn renew_orchestration_item_lock_is_one_round_trip() {
+    let t = Proxied::new(Duration::ZERO).await;
+    t.enqueue_start("i").await;
+    let (_, token, _) = t.fetch_orchestration().await;
+    t.p()
+        .renew_orchestration_item_lock(&token, LOCK)
+        .await
+        .expect("warm renew");
+
+    let (res, rt) = t
+        .measure(t.p().renew_orchestration_item_lock(&token, LOCK))
+        .await;
+    res.expect("renew");
+    assert_eq!(rt, 1, "renew_orchestration_item_lock round trips");
+    t.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------
+// Worker queue
+
+#[tokio::test]
+async fn enqueue_for_worker_is_one_round_trip() {
+    let t = Proxied::new(Duration::ZERO).await;
+    t.enqueue_activity("i", 1).await;
+
+    let (res, rt) = t.measure(t.p().enqueue_for_worker(activity("i", 2))).await;
+    res.expect("enqueue");
+    assert_eq!(rt, 1, "enqueue_for_worker round trips");
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn fetch_work_item_is_one_round_trip() {
+    let t = Proxied::new(Duration::ZERO).await;
+    t.enqueue_activity("i", 1).await;
+    t.enqueue_activity("i", 2).await;
+    t.fetch_work().await;
+
+    let (res, rt) = t
+        .measure(
+            t.p()
+                .fetch_work_item(LOCK, Duration::ZERO, None, &TagFilter::DefaultOnly),
+        )
+        .await;
+    let (item, _, _) = res.expect("fetch").expect("an item is ready");
+    assert!(matches!(item, WorkItem::ActivityExecute { id: 2, .. }));
+    assert_eq!(rt, 1, "fetch_work_item round trips");
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn ack_work_item_is_one_round_trip() {
+    let t = Proxied::new(Duration::ZERO).await;
+    t.create_instance("i").await;
+    t.enqueue_activity("i", 1).await;
+    t.enqueue_activity("i", 2).await;
+    let (_, token, _) = t.fetch_work().await;
+    t.p()
+        .ack_work_item(&token, Some(completion("i", 1)))
+        .await
+        .expect("warm ack");
+    let (_, token, _) = t.fetch_work().await;
+
+    let (res, rt) = t
+        .measure(t.p().ack_work_item(&token, Some(completion("i", 2))))
+        .await;
+    res.expect("ack");
+    assert_eq!(rt, 1, "ack_work_item round trips");
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn abandon_work_item_is_one_round_trip() {
+    let t = Proxied::new(Duration::ZERO).await;
+    t.enqueue_activity("i", 1).await;
+    let (_, token, _) = t.fetch_work().await;
+    t.p()
+        .abandon_work_item(&token, None, false)
+        .await
+        .expect("warm abandon");
+    let (_, token, attempts) = t.fetch_work().await;
+    assert_eq!(attempts, 2);
+
+    let (res, rt) = t
+        .measure(t.p().abandon_work_item(&token, None, false))
+        .await;
+    res.expect("abandon");
+    assert_eq!(rt, 1, "abandon_work_item round trips");
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn renew_work_item_lock_is_one_round_trip() {
+    let t = Proxied::new(Duration::ZERO).await;
+    t.enqueue_activity("i", 1).await;
+    let (_, token, _) = t.fetch_work().await;
+    t.p()
+        .renew_work_item_lock(&token, LOCK)
+        .await
+        .expect("warm renew");
+
+    let (res, rt) = t.measure(t.p().renew_work_item_lock(&token, LOCK)).await;
+    res.expect("renew");
+    assert_eq!(rt, 1, "renew_work_item_lock round trips");
+    t.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------
+// History
+
+#[tokio::test]
+async fn read_is_one_round_trip() {
+    let t = Proxied::new(Duration::ZERO).await;
+    t.create_instance("i").await;
+    t.p().read("i").await.expect("warm read");
+
+    let (res, rt) = t.measure(t.p().read("i")).await;
+    assert_eq!(res.expect("read").len(), 1);
+    assert_eq!(rt, 1, "read round trips");
+    t.cleanup().await;
+}
+
+/// The counter sees what warm-up hides: the first call opens the pooled
+/// connection (startup, diesel-async's session settings, the provider's
+/// setup batch) and prepares its statement, all of which cost round trips.
+#[tokio::test]
+async fn cold_call_costs_more_than_warm_call() {
+    let t = Proxied::new(Duration::ZERO).await;
+    let (res, cold) = t.proxy.measure_snapshot(t.p().read("i")).await;
+    assert!(res.expect("cold read").is_empty());
+    assert_eq!(
+        cold.connections, 1,
+        "the first call opens the pooled connection"
+    );
+
+    let (res, warm) = t.measure(t.p().read("i")).await;
+    assert!(res.expect("warm read").is_empty());
+    assert_eq!(warm, 1);
+    assert!(
+        cold.round_trips > warm + 2,
+        "a cold call (connect, setup, prepare, execute) took only {cold:?}"
+    );
+    t.cleanup().await;
+}
+
+/// The proxy's delay is real: with 20 ms each way, one round trip takes at
+/// least 40 ms. (Only a lower bound: timings belong in benchmarks.)
+#[tokio::test]
+async fn delayed_read_takes_at_least_one_rtt() {
+    let delay = Duration::from_millis(20);
+    let t = Proxied::new(delay).await;
+    t.create_instance("i").await;
+    t.p().read("i").await.expect("warm read");
+
+    let started = std::time::Instant::now();
+    let (res, rt) = t.measure(t.p().read("i")).await;
+    let elapsed = started.elapsed();
+    assert_eq!(res.expect("read").len(), 1);
+    assert_eq!(rt, 1, "read round trips with delay");
+    assert!(
+        elapsed >= 2 * delay,
+        "one round trip with {delay:?} each way took only {elapsed:?}"
+    );
+    t.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------
+// The proxy itself
+
+/// A server that answers `reply` to every `request_len` bytes it receives.
+async fn fixed_size_server(request_len: usize, reply: &'static [u8]) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.expect("accept");
+        let mut buf = vec![0u8; request_len];
+        while conn.read_exact(&mut buf).await.is_ok() {
+            if conn.write_all(reply).await.is_err() {
+                break;
+            }
+        }
+    });
+    addr
+}
+
+/// A request written in several segments, with pauses longer than the delay
+/// between them, is still one round trip: bursts are told apart by who
+/// spoke last, not by packets or timing.
+#[tokio::test]
+async fn proxy_counts_a_request_split_into_segments_once() {
+    for delay in [Duration::ZERO, Duration::from_millis(10)] {
+        let server = fixed_size_server(3, b"ok").await;
+        let proxy = Proxy::start(&server.to_string(), delay)
+            .await
+            .expect("proxy");
+        let mut client = tokio::net::TcpStream::connect(proxy.addr())
+            .await
+            .expect("connect");
+        client.set_nodelay(true).expect("nodelay");
+        for round in 1..=3u64 {
+            for segment in [b"B", b"E", b"S"] {
+                client.write_all(segment).await.expect("write");
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+            let mut reply = [0u8; 2];
+            client.read_exact(&mut reply).await.expect("reply");
+            assert_eq!(&reply, b"ok");
+            assert_eq!(proxy.round_trips(), round, "delay {delay:?}");
+        }
+        assert_eq!(proxy.connections(), 1);
+        let snap = proxy.snapshot();
+        assert_eq!((snap.client_bytes, snap.server_bytes), (9, 6));
+    }
+}
+
+#[tokio::test]
+async fn proxy_stops_accepting_when_dropped() {
+    let server = fixed_size_server(1, b"k").await;
+    let proxy = Proxy::start(&server.to_string(), Duration::ZERO)
+        .await
+        .expect("proxy");
+    let addr = proxy.addr();
+    drop(proxy);
+    // The abort takes effect when the runtime next polls the accept task.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn proxy_refuses_non_loopback_targets() {
+    let err = Proxy::start("192.0.2.1:5432", Duration::ZERO)
+        .await
+        .err()
+        .expect("a non-loopback target is refused");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+}
+
+#[test]
+fn urls_are_rewritten_to_the_proxy() {
+    let addr: std::net::SocketAddr = "127.0.0.1:40000".parse().expect("addr");
+    let cases = [
+        (
+            "postgres://postgres@127.0.0.1:55433/postgres",
+            "postgres://postgres@127.0.0.1:40000/postgres",
+        ),
+        (
+            "postgresql://u:p%40ss@localhost/db?sslmode=disable",
+            "postgresql://u:p%40ss@127.0.0.1:40000/db?sslmode=disable",
+        ),
+        ("postgres://[::1]:5433", "postgres://127.0.0.1:40000"),
+        (
+            "postgres://h?application_name=x",
+            "postgres://127.0.0.1:40000?application_name=x",
+        ),
+    ];
+    for (url, want) in cases {
+        assert_eq!(
+            proxy::rewrite_url(url, addr).as_deref(),
+            Some(want),
+            "{url}"
+        );
+    }
+    assert_eq!(
+        proxy::split_url("postgres://[::1]/db")
+            .map(|(_, hp, _)| hp)
+            .as_deref(),
+        Some("[::1]:5432")
+    );
+    assert_eq!(proxy::rewrite_url("host=localhost port=5432", addr), None);
+}
