@@ -55,6 +55,9 @@ pub(crate) fn spawn(url: String, setup_sql: String, connect_timeout: Duration) -
     let wakeups = Arc::new(Wakeups::default());
     let state = Arc::clone(&wakeups);
     tokio::spawn(async move {
+        // If the task is dropped (its runtime shut down), waiters must not
+        // keep trusting a listener that no longer exists.
+        let _reset = ResetOnDrop(Arc::clone(&state));
         while !state.stopped.load(Ordering::Acquire) {
             let session = async {
                 match crate::pool::connect(&url, &setup_sql, connect_timeout).await {
@@ -80,6 +83,15 @@ pub(crate) fn spawn(url: String, setup_sql: String, connect_timeout: Duration) -
         state.connected.store(false, Ordering::Release);
     });
     wakeups
+}
+
+struct ResetOnDrop(Arc<Wakeups>);
+
+impl Drop for ResetOnDrop {
+    fn drop(&mut self) {
+        self.0.connected.store(false, Ordering::Release);
+        self.0.wake_all();
+    }
 }
 
 async fn listen(mut conn: AsyncPgConnection, state: &Wakeups) -> crate::Result<()> {

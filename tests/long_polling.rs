@@ -1,0 +1,233 @@
+//! Long polling: LISTEN/NOTIFY wake-ups, delayed visibility, cancel safety
+//! and listener reconnection.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::TestDb;
+use duroxide::providers::{Provider, TagFilter, WorkItem};
+
+const LOCK: Duration = Duration::from_secs(30);
+const LONG_POLL: Duration = Duration::from_secs(20);
+
+fn external(instance: &str) -> WorkItem {
+    WorkItem::StartOrchestration {
+        instance: instance.to_owned(),
+        orchestration: "O".to_owned(),
+        input: String::new(),
+        version: None,
+        parent_instance: None,
+        parent_id: None,
+        parent_execution_id: None,
+        execution_id: 1,
+    }
+}
+
+fn activity(id: u64) -> WorkItem {
+    WorkItem::ActivityExecute {
+        instance: "lp".into(),
+        execution_id: 1,
+        id,
+        name: "A".into(),
+        input: String::new(),
+        session_id: None,
+        tag: None,
+    }
+}
+
+/// The `pg_stat_activity` condition matching this test schema's listener.
+fn listener_of(db: &TestDb) -> String {
+    format!(
+        "query = 'LISTEN \"' || dx_notify_channel() || '\"' AND datname = current_database() /* {} */",
+        db.schema
+    )
+}
+
+/// Waits until the provider's listener is subscribed, so a test does not
+/// race the first LISTEN.
+async fn wait_for_listener(db: &TestDb) {
+    for _ in 0..200 {
+        let n = db
+            .scalar(&format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE {}",
+                listener_of(db)
+            ))
+            .await
+            .unwrap_or_default();
+        if n != "0" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("listener never subscribed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_from_another_provider_wakes_a_waiting_fetch() {
+    let db = TestDb::new().await;
+    let waiter = Arc::new(db.provider().await);
+    let other = db.provider().await; // stands in for another process
+
+    let w = waiter.clone();
+    let started = Instant::now();
+    let fetch =
+        tokio::spawn(async move { w.fetch_orchestration_item(LOCK, LONG_POLL, None).await });
+    wait_for_listener(&db).await;
+    other
+        .enqueue_for_orchestrator(external("wake-1"), None)
+        .await
+        .unwrap();
+    let got = fetch
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("woken with the new item");
+    assert_eq!(got.0.instance, "wake-1");
+    assert!(
+        started.elapsed() < LONG_POLL,
+        "returned on the notification, not the poll timeout"
+    );
+
+    let w = waiter.clone();
+    let fetch = tokio::spawn(async move {
+        w.fetch_work_item(LOCK, LONG_POLL, None, &TagFilter::default())
+            .await
+    });
+    other.enqueue_for_worker(activity(1)).await.unwrap();
+    let got = fetch
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("worker woken with the new item");
+    assert!(matches!(got.0, WorkItem::ActivityExecute { id: 1, .. }));
+
+    drop((waiter, other));
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_fetch_picks_up_delayed_work_when_it_becomes_visible() {
+    let db = TestDb::new().await;
+    let provider = db.provider().await;
+    provider
+        .enqueue_for_orchestrator(external("later"), Some(Duration::from_millis(300)))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let got = provider
+        .fetch_orchestration_item(LOCK, LONG_POLL, None)
+        .await
+        .unwrap()
+        .expect("delayed item arrives within the poll");
+    assert_eq!(got.0.instance, "later");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "not visible before its time"
+    );
+    assert!(started.elapsed() < LONG_POLL);
+    drop(provider);
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_waiting_fetch_leaves_the_provider_usable() {
+    let db = TestDb::new().await;
+    let provider = Arc::new(db.provider().await);
+    for _ in 0..5 {
+        let p = provider.clone();
+        let fetch =
+            tokio::spawn(async move { p.fetch_orchestration_item(LOCK, LONG_POLL, None).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        fetch.abort();
+        assert!(fetch.await.unwrap_err().is_cancelled());
+    }
+    provider
+        .enqueue_for_orchestrator(external("after-drop"), None)
+        .await
+        .unwrap();
+    let got = provider
+        .fetch_orchestration_item(LOCK, Duration::ZERO, None)
+        .await
+        .unwrap()
+        .expect("item");
+    assert_eq!(got.0.instance, "after-drop");
+    drop(provider);
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_survive_a_lost_listener_connection() {
+    let db = TestDb::new().await;
+    let provider = Arc::new(db.provider().await);
+    let other = db.provider().await;
+
+    // Start the listener, then kill its connection server-side.
+    let p = provider.clone();
+    let warm = tokio::spawn(async move {
+        p.fetch_work_item(LOCK, LONG_POLL, None, &TagFilter::default())
+            .await
+    });
+    wait_for_listener(&db).await;
+    let killed = db
+        .scalar(&format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE {}",
+            listener_of(&db)
+        ))
+        .await;
+    assert_eq!(killed.as_deref(), Some("1"));
+
+    // Work enqueued while the listener is down is still delivered.
+    other.enqueue_for_worker(activity(7)).await.unwrap();
+    let got = warm
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("delivered despite the lost listener");
+    assert!(matches!(got.0, WorkItem::ActivityExecute { id: 7, .. }));
+
+    // And the listener comes back.
+    wait_for_listener(&db).await;
+    let p = provider.clone();
+    let fetch = tokio::spawn(async move {
+        p.fetch_work_item(LOCK, LONG_POLL, None, &TagFilter::default())
+            .await
+    });
+    other.enqueue_for_worker(activity(8)).await.unwrap();
+    let got = fetch
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("woken after reconnect");
+    assert!(matches!(got.0, WorkItem::ActivityExecute { id: 8, .. }));
+
+    drop((provider, other));
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_long_polling_no_listener_connection_is_opened() {
+    let db = TestDb::new().await;
+    let provider = duroxide_diesel::PostgresProvider::builder(&db.url)
+        .schema(&db.schema)
+        .long_polling(false)
+        .application_name("dx-no-listen")
+        .build()
+        .await
+        .unwrap();
+    let got = provider
+        .fetch_orchestration_item(LOCK, Duration::from_secs(5), None)
+        .await
+        .unwrap();
+    assert!(got.is_none());
+    let listeners = db
+        .scalar(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE {}",
+            listener_of(&db)
+        ))
+        .await;
+    assert_eq!(listeners.as_deref(), Some("0"));
+    drop(provider);
+    db.cleanup().await;
+}
