@@ -94,3 +94,47 @@ define_sql_function! {
     /// Heartbeat the non-idle sessions of the given owners; returns the count.
     fn dx_renew_sessions(owner_ids: Array<Text>, extend_ms: BigInt, idle_ms: BigInt) -> BigInt;
 }
+
+define_sql_function! {
+    /// The instance and all its descendants, root first.
+    fn dx_instance_tree(root: Text) -> Array<Text>;
+}
+
+define_sql_function! {
+    /// Delete a root instance with its descendants; counts or `{"error"}`.
+    fn dx_delete_instance(instance: Text, force: Bool) -> Jsonb;
+}
+
+define_sql_function! {
+    /// Delete exactly these instances, refusing to orphan a child; counts or `{"error"}`.
+    fn dx_delete_instances(ids: Array<Text>, force: Bool) -> Jsonb;
+}
+
+define_sql_function! {
+    /// Delete up to `max_roots` terminal root instances with their descendants; counts.
+    fn dx_delete_instances_bulk(
+        ids: Nullable<Array<Text>>,
+        completed_before_ms: Nullable<BigInt>,
+        max_roots: Integer,
+    ) -> Jsonb;
+}
+
+define_sql_function! {
+    /// Prune old executions of one instance; counts or `{"error"}`.
+    fn dx_prune_executions(
+        instance: Text,
+        keep_last: Nullable<Integer>,
+        completed_before_ms: Nullable<BigInt>,
+    ) -> Jsonb;
+}
+
+define_sql_function! {
+    /// Prune old executions of up to `max_instances` instances; counts.
+    fn dx_prune_executions_bulk(
+        ids: Nullable<Array<Text>>,
+        completed_before_ms: Nullable<BigInt>,
+        max_instances: Integer,
+        keep_last: Nullable<Integer>,
+        prune_completed_before_ms: Nullable<BigInt>,
+    ) -> Jsonb;
+}

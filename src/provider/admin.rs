@@ -1,84 +1,610 @@
 //! ProviderAdmin: listing, inspection, deletion and pruning.
+//!
+//! Reads are diesel queries over [`crate::schema`]. Deletion and pruning
+//! change several tables at once, so each call is one stored procedure from
+//! `migrations/*_admin_procedures` (see [`crate::procedures`]): one statement,
+//! hence one transaction, so a refused or failed call changes nothing.
 
+use diesel::dsl::{self, max, select};
+use diesel::pg::data_types::PgTimestamp;
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
 use duroxide::Event;
 use duroxide::providers::{
-    DeleteInstanceResult, ExecutionInfo, InstanceFilter, InstanceInfo, ProviderAdmin,
+    DeleteInstanceResult, ExecutionInfo, InstanceFilter, InstanceInfo, InstanceTree, ProviderAdmin,
     ProviderError, PruneOptions, PruneResult, QueueDepths, SystemMetrics,
 };
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
-use crate::PostgresProvider;
+use super::{codec, history as history_reads};
+use crate::error::Error;
+use crate::procedures::*;
+use crate::schema::{executions, history, instances, orchestrator_queue, worker_queue};
+use crate::{PostgresProvider, pool};
 
-fn unavailable(op: &str) -> ProviderError {
-    ProviderError::permanent(op, "not available yet")
+/// Instances a bulk call considers when the filter sets no limit, as
+/// [`InstanceFilter::limit`] documents.
+const DEFAULT_BULK_LIMIT: u32 = 1000;
+
+/// Milliseconds from the Unix epoch to PostgreSQL's epoch (2000-01-01).
+const PG_EPOCH_UNIX_MS: i64 = 946_684_800_000;
+
+/// Why an admin call failed.
+enum Failure {
+    /// The database or the stored data failed; classified by [`Error`].
+    Db(Error),
+    /// The contract refuses the request (not found, still running, ...):
+    /// always permanent, and the message is what the caller sees.
+    Refused(String),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Db(e)
+    }
+}
+
+impl From<diesel::result::Error> for Failure {
+    fn from(e: diesel::result::Error) -> Self {
+        Failure::Db(e.into())
+    }
+}
+
+impl Failure {
+    fn into_provider_error(self, op: &str) -> ProviderError {
+        match self {
+            Failure::Db(e) => e.into_provider_error(op),
+            Failure::Refused(msg) => ProviderError::permanent(op, msg),
+        }
+    }
+}
+
+type AdminResult<T> = std::result::Result<T, Failure>;
+
+/// A procedure result: its counts, or the contract's refusal.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Outcome<T> {
+    Refused { error: String },
+    Done(T),
+}
+
+fn decode<T: DeserializeOwned>(doc: Value) -> AdminResult<T> {
+    match codec::from_json::<Outcome<T>>(doc, "procedure result")? {
+        Outcome::Refused { error } => Err(Failure::Refused(error)),
+        Outcome::Done(value) => Ok(value),
+    }
+}
+
+#[derive(Deserialize)]
+struct DeleteCounts {
+    instances_deleted: u64,
+    executions_deleted: u64,
+    events_deleted: u64,
+    queue_messages_deleted: u64,
+}
+
+impl From<DeleteCounts> for DeleteInstanceResult {
+    fn from(c: DeleteCounts) -> Self {
+        DeleteInstanceResult {
+            instances_deleted: c.instances_deleted,
+            executions_deleted: c.executions_deleted,
+            events_deleted: c.events_deleted,
+            queue_messages_deleted: c.queue_messages_deleted,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct PruneCounts {
+    instances_processed: u64,
+    executions_deleted: u64,
+    events_deleted: u64,
+}
+
+impl From<PruneCounts> for PruneResult {
+    fn from(c: PruneCounts) -> Self {
+        PruneResult {
+            instances_processed: c.instances_processed,
+            executions_deleted: c.executions_deleted,
+            events_deleted: c.events_deleted,
+        }
+    }
+}
+
+/// Join condition from an instance to its current execution.
+#[dsl::auto_type]
+fn current_execution() -> _ {
+    executions::instance_id
+        .eq(instances::instance_id)
+        .and(executions::execution_id.eq(instances::current_execution_id))
+}
+
+fn unix_ms(t: PgTimestamp) -> u64 {
+    u64::try_from(t.0.div_euclid(1000) + PG_EPOCH_UNIX_MS).unwrap_or(0)
+}
+
+/// A count or id read from the database; never negative in practice.
+fn unsigned(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// A caller's millisecond timestamp as the procedures' BIGINT, saturating.
+fn ms_arg(ms: Option<u64>) -> Option<i64> {
+    ms.map(|v| i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+/// A caller's count as the procedures' INT, saturating.
+fn int_arg(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+async fn list_instances(p: &PostgresProvider) -> AdminResult<Vec<String>> {
+    let mut conn = pool::get(&p.pool).await?;
+    Ok(instances::table
+        .order(instances::created_at.desc())
+        .select(instances::instance_id)
+        .load(&mut conn)
+        .await?)
+}
+
+async fn list_instances_by_status(p: &PostgresProvider, status: &str) -> AdminResult<Vec<String>> {
+    let mut conn = pool::get(&p.pool).await?;
+    Ok(instances::table
+        .inner_join(executions::table.on(current_execution()))
+        .filter(executions::status.eq(status))
+        .order(instances::created_at.desc())
+        .select(instances::instance_id)
+        .load(&mut conn)
+        .await?)
+}
+
+async fn list_executions(p: &PostgresProvider, instance: &str) -> AdminResult<Vec<u64>> {
+    let mut conn = pool::get(&p.pool).await?;
+    let ids: Vec<i64> = executions::table
+        .filter(executions::instance_id.eq(instance))
+        .order(executions::execution_id.asc())
+        .select(executions::execution_id)
+        .load(&mut conn)
+        .await?;
+    Ok(ids.into_iter().map(unsigned).collect())
+}
+
+/// The highest recorded execution id, 1 when there is none (duroxide's
+/// convention for an instance that has not started yet).
+async fn latest_execution_id(p: &PostgresProvider, instance: &str) -> AdminResult<u64> {
+    let mut conn = pool::get(&p.pool).await?;
+    let latest: Option<i64> = executions::table
+        .filter(executions::instance_id.eq(instance))
+        .select(max(executions::execution_id))
+        .get_result(&mut conn)
+        .await?;
+    Ok(latest.map_or(1, unsigned))
+}
+
+/// An instance joined with its current execution (absent if never acked).
+#[derive(Queryable)]
+struct InstanceRow {
+    instance_id: String,
+    orchestration_name: String,
+    orchestration_version: Option<String>,
+    current_execution_id: i64,
+    created_at: PgTimestamp,
+    updated_at: PgTimestamp,
+    parent_instance_id: Option<String>,
+    status: Option<String>,
+    output: Option<String>,
+}
+
+async fn instance_info(p: &PostgresProvider, instance: &str) -> AdminResult<InstanceInfo> {
+    let mut conn = pool::get(&p.pool).await?;
+    let row: Option<InstanceRow> = instances::table
+        .left_join(executions::table.on(current_execution()))
+        .filter(instances::instance_id.eq(instance))
+        .select((
+            instances::instance_id,
+            instances::orchestration_name,
+            instances::orchestration_version,
+            instances::current_execution_id,
+            instances::created_at,
+            instances::updated_at,
+            instances::parent_instance_id,
+            executions::status.nullable(),
+            executions::output.nullable(),
+        ))
+        .first(&mut conn)
+        .await
+        .optional()?;
+    let Some(row) = row else {
+        return Err(Failure::Refused(format!("instance {instance} not found")));
+    };
+    Ok(InstanceInfo {
+        instance_id: row.instance_id,
+        orchestration_name: row.orchestration_name,
+        // The instance row is written together with its version, so a
+        // missing one only comes from data written outside this provider.
+        orchestration_version: row
+            .orchestration_version
+            .unwrap_or_else(|| "unknown".to_owned()),
+        current_execution_id: unsigned(row.current_execution_id),
+        status: row.status.unwrap_or_else(|| "Unknown".to_owned()),
+        output: row.output,
+        created_at: unix_ms(row.created_at),
+        updated_at: unix_ms(row.updated_at),
+        parent_instance_id: row.parent_instance_id,
+    })
+}
+
+/// One execution with the number of its history events.
+#[derive(Queryable)]
+struct ExecutionRow {
+    status: String,
+    output: Option<String>,
+    started_at: PgTimestamp,
+    completed_at: Option<PgTimestamp>,
+    event_count: Option<i64>,
+}
+
+async fn execution_info(
+    p: &PostgresProvider,
+    instance: &str,
+    execution_id: u64,
+) -> AdminResult<ExecutionInfo> {
+    let exec = codec::to_i64(execution_id, "execution_id")?;
+    let event_count = history::table
+        .filter(history::instance_id.eq(instance))
+        .filter(history::execution_id.eq(exec))
+        .count()
+        .single_value();
+    let mut conn = pool::get(&p.pool).await?;
+    let row: Option<ExecutionRow> = executions::table
+        .filter(executions::instance_id.eq(instance))
+        .filter(executions::execution_id.eq(exec))
+        .select((
+            executions::status,
+            executions::output,
+            executions::started_at,
+            executions::completed_at,
+            event_count,
+        ))
+        .first(&mut conn)
+        .await
+        .optional()?;
+    let Some(row) = row else {
+        return Err(Failure::Refused(format!(
+            "execution {execution_id} of instance {instance} not found"
+        )));
+    };
+    Ok(ExecutionInfo {
+        execution_id,
+        status: row.status,
+        output: row.output,
+        started_at: unix_ms(row.started_at),
+        completed_at: row.completed_at.map(unix_ms),
+        event_count: usize::try_from(row.event_count.unwrap_or(0)).unwrap_or(0),
+    })
+}
+
+/// Scalar subquery counts; NULL never occurs for `count(*)`.
+#[derive(Queryable)]
+struct MetricsRow {
+    instances: Option<i64>,
+    executions: Option<i64>,
+    events: Option<i64>,
+    running: Option<i64>,
+    completed: Option<i64>,
+    failed: Option<i64>,
+}
+
+/// All counters in one statement; instance statuses are those of each
+/// instance's current execution.
+async fn system_metrics(p: &PostgresProvider) -> AdminResult<SystemMetrics> {
+    let with_status = |status: &'static str| {
+        instances::table
+            .inner_join(executions::table.on(current_execution()))
+            .filter(executions::status.eq(status))
+            .count()
+            .single_value()
+    };
+    let mut conn = pool::get(&p.pool).await?;
+    let row: MetricsRow = select((
+        instances::table.count().single_value(),
+        executions::table.count().single_value(),
+        history::table.count().single_value(),
+        with_status("Running"),
+        with_status("Completed"),
+        with_status("Failed"),
+    ))
+    .get_result(&mut conn)
+    .await?;
+    let n = |v: Option<i64>| unsigned(v.unwrap_or(0));
+    Ok(SystemMetrics {
+        total_instances: n(row.instances),
+        total_executions: n(row.executions),
+        running_instances: n(row.running),
+        completed_instances: n(row.completed),
+        failed_instances: n(row.failed),
+        total_events: n(row.events),
+    })
+}
+
+/// Unlocked messages per queue. Timers are delayed orchestrator messages,
+/// so there is no separate timer queue to count.
+async fn queue_depths(p: &PostgresProvider) -> AdminResult<QueueDepths> {
+    let mut conn = pool::get(&p.pool).await?;
+    let (orchestrator, worker): (Option<i64>, Option<i64>) = select((
+        orchestrator_queue::table
+            .filter(orchestrator_queue::lock_token.is_null())
+            .count()
+            .single_value(),
+        worker_queue::table
+            .filter(worker_queue::lock_token.is_null())
+            .count()
+            .single_value(),
+    ))
+    .get_result(&mut conn)
+    .await?;
+    let n = |v: Option<i64>| usize::try_from(v.unwrap_or(0)).unwrap_or(0);
+    Ok(QueueDepths {
+        orchestrator_queue: n(orchestrator),
+        worker_queue: n(worker),
+        timer_queue: 0,
+    })
+}
+
+async fn list_children(p: &PostgresProvider, instance: &str) -> AdminResult<Vec<String>> {
+    let mut conn = pool::get(&p.pool).await?;
+    Ok(instances::table
+        .filter(instances::parent_instance_id.eq(instance))
+        .order(instances::instance_id.asc())
+        .select(instances::instance_id)
+        .load(&mut conn)
+        .await?)
+}
+
+async fn parent_id(p: &PostgresProvider, instance: &str) -> AdminResult<Option<String>> {
+    let mut conn = pool::get(&p.pool).await?;
+    instances::table
+        .filter(instances::instance_id.eq(instance))
+        .select(instances::parent_instance_id)
+        .first(&mut conn)
+        .await
+        .optional()?
+        .ok_or_else(|| Failure::Refused(format!("instance {instance} not found")))
+}
+
+/// The whole tree in one recursive query rather than one round trip per node.
+async fn instance_tree(p: &PostgresProvider, root: &str) -> AdminResult<InstanceTree> {
+    let mut conn = pool::get(&p.pool).await?;
+    let all_ids: Vec<String> = select(dx_instance_tree(root)).get_result(&mut conn).await?;
+    Ok(InstanceTree {
+        root_id: root.to_owned(),
+        all_ids,
+    })
+}
+
+async fn delete_tree(
+    p: &PostgresProvider,
+    instance: &str,
+    force: bool,
+) -> AdminResult<DeleteInstanceResult> {
+    let mut conn = pool::get(&p.pool).await?;
+    let doc: Value = select(dx_delete_instance(instance, force))
+        .get_result(&mut conn)
+        .await?;
+    Ok(decode::<DeleteCounts>(doc)?.into())
+}
+
+async fn delete_exact(
+    p: &PostgresProvider,
+    ids: &[String],
+    force: bool,
+) -> AdminResult<DeleteInstanceResult> {
+    if ids.is_empty() {
+        return Ok(DeleteInstanceResult::default());
+    }
+    let mut conn = pool::get(&p.pool).await?;
+    let doc: Value = select(dx_delete_instances(ids, force))
+        .get_result(&mut conn)
+        .await?;
+    Ok(decode::<DeleteCounts>(doc)?.into())
+}
+
+async fn delete_bulk(
+    p: &PostgresProvider,
+    filter: &InstanceFilter,
+) -> AdminResult<DeleteInstanceResult> {
+    if filter.instance_ids.as_ref().is_some_and(Vec::is_empty) {
+        return Ok(DeleteInstanceResult::default());
+    }
+    let limit = int_arg(filter.limit.unwrap_or(DEFAULT_BULK_LIMIT));
+    let mut conn = pool::get(&p.pool).await?;
+    let doc: Value = select(dx_delete_instances_bulk(
+        filter.instance_ids.as_deref(),
+        ms_arg(filter.completed_before),
+        limit,
+    ))
+    .get_result(&mut conn)
+    .await?;
+    Ok(decode::<DeleteCounts>(doc)?.into())
+}
+
+async fn prune(
+    p: &PostgresProvider,
+    instance: &str,
+    options: &PruneOptions,
+) -> AdminResult<PruneResult> {
+    let mut conn = pool::get(&p.pool).await?;
+    let doc: Value = select(dx_prune_executions(
+        instance,
+        options.keep_last.map(int_arg),
+        ms_arg(options.completed_before),
+    ))
+    .get_result(&mut conn)
+    .await?;
+    Ok(decode::<PruneCounts>(doc)?.into())
+}
+
+async fn prune_bulk(
+    p: &PostgresProvider,
+    filter: &InstanceFilter,
+    options: &PruneOptions,
+) -> AdminResult<PruneResult> {
+    if filter.instance_ids.as_ref().is_some_and(Vec::is_empty) {
+        return Ok(PruneResult::default());
+    }
+    let limit = int_arg(filter.limit.unwrap_or(DEFAULT_BULK_LIMIT));
+    let mut conn = pool::get(&p.pool).await?;
+    let doc: Value = select(dx_prune_executions_bulk(
+        filter.instance_ids.as_deref(),
+        ms_arg(filter.completed_before),
+        limit,
+        options.keep_last.map(int_arg),
+        ms_arg(options.completed_before),
+    ))
+    .get_result(&mut conn)
+    .await?;
+    Ok(decode::<PruneCounts>(doc)?.into())
+}
+
+fn fail(op: &'static str) -> impl Fn(Failure) -> ProviderError {
+    move |f| f.into_provider_error(op)
 }
 
 #[async_trait::async_trait]
 impl ProviderAdmin for PostgresProvider {
     async fn list_instances(&self) -> Result<Vec<String>, ProviderError> {
-        Err(unavailable("list_instances"))
+        list_instances(self).await.map_err(fail("list_instances"))
     }
-    async fn list_instances_by_status(&self, _status: &str) -> Result<Vec<String>, ProviderError> {
-        Err(unavailable("list_instances_by_status"))
+
+    async fn list_instances_by_status(&self, status: &str) -> Result<Vec<String>, ProviderError> {
+        list_instances_by_status(self, status)
+            .await
+            .map_err(fail("list_instances_by_status"))
     }
-    async fn list_executions(&self, _instance: &str) -> Result<Vec<u64>, ProviderError> {
-        Err(unavailable("list_executions"))
+
+    async fn list_executions(&self, instance: &str) -> Result<Vec<u64>, ProviderError> {
+        list_executions(self, instance)
+            .await
+            .map_err(fail("list_executions"))
     }
+
     async fn read_history_with_execution_id(
         &self,
-        _i: &str,
-        _e: u64,
+        instance: &str,
+        execution_id: u64,
     ) -> Result<Vec<Event>, ProviderError> {
-        Err(unavailable("read_history_with_execution_id"))
+        history_reads::read_execution(self, instance, execution_id)
+            .await
+            .map_err(|e| e.into_provider_error("read_history_with_execution_id"))
     }
-    async fn read_history(&self, _instance: &str) -> Result<Vec<Event>, ProviderError> {
-        Err(unavailable("read_history"))
+
+    async fn read_history(&self, instance: &str) -> Result<Vec<Event>, ProviderError> {
+        history_reads::read_latest(self, instance)
+            .await
+            .map_err(|e| e.into_provider_error("read_history"))
     }
-    async fn latest_execution_id(&self, _instance: &str) -> Result<u64, ProviderError> {
-        Err(unavailable("latest_execution_id"))
+
+    async fn latest_execution_id(&self, instance: &str) -> Result<u64, ProviderError> {
+        latest_execution_id(self, instance)
+            .await
+            .map_err(fail("latest_execution_id"))
     }
-    async fn get_instance_info(&self, _instance: &str) -> Result<InstanceInfo, ProviderError> {
-        Err(unavailable("get_instance_info"))
+
+    async fn get_instance_info(&self, instance: &str) -> Result<InstanceInfo, ProviderError> {
+        instance_info(self, instance)
+            .await
+            .map_err(fail("get_instance_info"))
     }
-    async fn get_execution_info(&self, _i: &str, _e: u64) -> Result<ExecutionInfo, ProviderError> {
-        Err(unavailable("get_execution_info"))
+
+    async fn get_execution_info(
+        &self,
+        instance: &str,
+        execution_id: u64,
+    ) -> Result<ExecutionInfo, ProviderError> {
+        execution_info(self, instance, execution_id)
+            .await
+            .map_err(fail("get_execution_info"))
     }
+
     async fn get_system_metrics(&self) -> Result<SystemMetrics, ProviderError> {
-        Err(unavailable("get_system_metrics"))
+        system_metrics(self)
+            .await
+            .map_err(fail("get_system_metrics"))
     }
+
     async fn get_queue_depths(&self) -> Result<QueueDepths, ProviderError> {
-        Err(unavailable("get_queue_depths"))
+        queue_depths(self).await.map_err(fail("get_queue_depths"))
     }
-    async fn list_children(&self, _instance_id: &str) -> Result<Vec<String>, ProviderError> {
-        Err(unavailable("list_children"))
+
+    async fn list_children(&self, instance_id: &str) -> Result<Vec<String>, ProviderError> {
+        list_children(self, instance_id)
+            .await
+            .map_err(fail("list_children"))
     }
-    async fn get_parent_id(&self, _instance_id: &str) -> Result<Option<String>, ProviderError> {
-        Err(unavailable("get_parent_id"))
+
+    async fn get_parent_id(&self, instance_id: &str) -> Result<Option<String>, ProviderError> {
+        parent_id(self, instance_id)
+            .await
+            .map_err(fail("get_parent_id"))
     }
+
+    async fn get_instance_tree(&self, instance_id: &str) -> Result<InstanceTree, ProviderError> {
+        instance_tree(self, instance_id)
+            .await
+            .map_err(fail("get_instance_tree"))
+    }
+
+    /// Overrides the default (parent check, tree walk, then delete) with one
+    /// procedure, so the tree that is checked is the tree that is deleted.
+    async fn delete_instance(
+        &self,
+        instance_id: &str,
+        force: bool,
+    ) -> Result<DeleteInstanceResult, ProviderError> {
+        delete_tree(self, instance_id, force)
+            .await
+            .map_err(fail("delete_instance"))
+    }
+
     async fn delete_instances_atomic(
         &self,
-        _ids: &[String],
-        _force: bool,
+        ids: &[String],
+        force: bool,
     ) -> Result<DeleteInstanceResult, ProviderError> {
-        Err(unavailable("delete_instances_atomic"))
+        delete_exact(self, ids, force)
+            .await
+            .map_err(fail("delete_instances_atomic"))
     }
+
     async fn delete_instance_bulk(
         &self,
-        _filter: InstanceFilter,
+        filter: InstanceFilter,
     ) -> Result<DeleteInstanceResult, ProviderError> {
-        Err(unavailable("delete_instance_bulk"))
+        delete_bulk(self, &filter)
+            .await
+            .map_err(fail("delete_instance_bulk"))
     }
+
     async fn prune_executions(
         &self,
-        _instance_id: &str,
-        _options: PruneOptions,
+        instance_id: &str,
+        options: PruneOptions,
     ) -> Result<PruneResult, ProviderError> {
-        Err(unavailable("prune_executions"))
+        prune(self, instance_id, &options)
+            .await
+            .map_err(fail("prune_executions"))
     }
+
     async fn prune_executions_bulk(
         &self,
-        _filter: InstanceFilter,
-        _options: PruneOptions,
+        filter: InstanceFilter,
+        options: PruneOptions,
     ) -> Result<PruneResult, ProviderError> {
-        Err(unavailable("prune_executions_bulk"))
+        prune_bulk(self, &filter, &options)
+            .await
+            .map_err(fail("prune_executions_bulk"))
     }
 }

@@ -1,0 +1,7 @@
+DROP FUNCTION IF EXISTS dx_prune_executions_bulk(TEXT[], BIGINT, INT, INT, BIGINT);
+DROP FUNCTION IF EXISTS dx_prune_executions(TEXT, INT, BIGINT);
+DROP FUNCTION IF EXISTS dx_prune_instance(TEXT, BIGINT, INT, BIGINT);
+DROP FUNCTION IF EXISTS dx_delete_instances_bulk(TEXT[], BIGINT, INT);
+DROP FUNCTION IF EXISTS dx_delete_instance(TEXT, BOOLEAN);
+DROP FUNCTION IF EXISTS dx_delete_instances(TEXT[], BOOLEAN);
+DROP FUNCTION IF EXISTS dx_instance_tree(TEXT);
