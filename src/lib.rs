@@ -36,6 +36,7 @@ mod procedures;
 mod provider;
 #[allow(missing_docs, unused_imports)]
 mod schema;
+mod tls;
 
 use std::time::Duration;
 
@@ -52,7 +53,7 @@ pub use options::{DEFAULT_SCHEMA, Options};
 pub struct PostgresProvider {
     pool: pool::Pool,
     options: Options,
-    url: String,
+    connector: pool::Connector,
     /// Listener for long polling, started by the first fetch that waits.
     wakeups: std::sync::OnceLock<std::sync::Arc<provider::listener::Wakeups>>,
 }
@@ -154,6 +155,16 @@ impl PostgresProviderBuilder {
         self
     }
 
+    /// Verify the server's TLS certificate (chain and host name) against this
+    /// CA certificate, PEM-encoded. Without it, connections that use TLS
+    /// (`sslmode=prefer`, the default, or `require`) are encrypted but the
+    /// certificate is not verified, as with libpq's `prefer` / `require`.
+    /// `sslmode=disable` in the URL turns TLS off.
+    pub fn tls_ca_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.options.tls_ca_pem = Some(pem.into());
+        self
+    }
+
     /// Validates the options, applies pending migrations and returns the provider.
     ///
     /// Fails with a clear [`Error`] for a malformed URL, an unsafe schema name,
@@ -161,14 +172,13 @@ impl PostgresProviderBuilder {
     pub async fn build(self) -> Result<PostgresProvider> {
         let Self { url, options } = self;
         options.validate()?;
-        pool::validate_url(&url)?;
-        let setup_sql = pool::session_setup_sql(&options);
-        migrate::run(&url, &setup_sql, &options.schema, options.connect_timeout).await?;
-        let pool = pool::build(&url, &options).await?;
+        let connector = pool::Connector::new(&url, &options)?;
+        migrate::run(&connector, &options.schema).await?;
+        let pool = pool::build(&connector, &options).await?;
         Ok(PostgresProvider {
             pool,
             options,
-            url,
+            connector,
             wakeups: std::sync::OnceLock::new(),
         })
     }

@@ -9,6 +9,7 @@ use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use crate::error::{Error, Result};
+use crate::pool::Connector;
 
 /// The migrations in `migrations/`, compiled into the crate.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
@@ -18,14 +19,8 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 /// diesel's migration harness is synchronous, so it runs on a dedicated thread
 /// with its own single-threaded runtime: this works from any caller runtime
 /// (including current-thread test runtimes) and keeps the caller's future `Send`.
-pub(crate) async fn run(
-    url: &str,
-    setup_sql: &str,
-    schema: &str,
-    connect_timeout: std::time::Duration,
-) -> Result<()> {
-    let url = url.to_owned();
-    let setup_sql = setup_sql.to_owned();
+pub(crate) async fn run(connector: &Connector, schema: &str) -> Result<()> {
+    let connector = connector.clone();
     let schema = schema.to_owned();
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -35,7 +30,7 @@ pub(crate) async fn run(
                 .enable_all()
                 .build()
                 .map_err(|e| Error::Migration(e.to_string()))
-                .and_then(|rt| rt.block_on(apply(&url, &setup_sql, &schema, connect_timeout)));
+                .and_then(|rt| rt.block_on(apply(&connector, &schema)));
             let _ = tx.send(result);
         })
         .map_err(|e| Error::Migration(format!("could not start migration thread: {e}")))?;
@@ -43,21 +38,18 @@ pub(crate) async fn run(
         .map_err(|_| Error::Migration("migration thread stopped unexpectedly".into()))?
 }
 
-async fn apply(
-    url: &str,
-    setup_sql: &str,
-    schema: &str,
-    connect_timeout: std::time::Duration,
-) -> Result<()> {
+async fn apply(connector: &Connector, schema: &str) -> Result<()> {
     use diesel_async::SimpleAsyncConnection;
 
-    let mut conn: AsyncPgConnection =
-        crate::pool::connect(url, "SELECT 1", connect_timeout).await?;
+    // The schema may not exist yet, so the session setup (which names it)
+    // runs after CREATE SCHEMA.
+    let mut conn: AsyncPgConnection = connector.connect_with(Some("SELECT 1")).await?;
     // The lock key is derived from the schema name, so providers of different
     // schemas migrate in parallel. Session-level: released on unlock or disconnect.
     let lock = format!("SELECT pg_advisory_lock(hashtext('duroxide-diesel:{schema}'))");
     conn.batch_execute(&format!(
-        "{lock}; CREATE SCHEMA IF NOT EXISTS \"{schema}\"; {setup_sql}"
+        "{lock}; CREATE SCHEMA IF NOT EXISTS \"{schema}\"; {}",
+        connector.setup_sql()
     ))
     .await?;
     let (conn, result) = tokio::task::spawn_blocking(move || {

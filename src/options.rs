@@ -17,6 +17,7 @@ pub struct Options {
     pub(crate) statement_timeout: Option<Duration>,
     pub(crate) application_name: Option<String>,
     pub(crate) long_polling: bool,
+    pub(crate) tls_ca_pem: Option<Vec<u8>>,
 }
 
 impl Default for Options {
@@ -28,6 +29,7 @@ impl Default for Options {
             statement_timeout: None,
             application_name: None,
             long_polling: true,
+            tls_ca_pem: None,
         }
     }
 }

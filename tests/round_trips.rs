@@ -399,6 +399,36 @@ async fn read_is_one_round_trip() {
 /// The counter sees what warm-up hides: the first call opens the pooled
 /// connection (startup, diesel-async's session settings, the provider's
 /// setup batch) and prepares its statement, all of which cost round trips.
+/// A long-polling fetch on empty queues waits for a notification instead of
+/// re-querying: over a 1 s poll it sends a handful of statements (the
+/// attempt, the listener's setup), not a stream of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_long_poll_does_not_requery() {
+    let px = Proxied::new(Duration::ZERO).await;
+    let filter = TagFilter::default();
+    let both = |poll: Duration| {
+        let p = px.p();
+        let filter = &filter;
+        async move {
+            tokio::join!(
+                p.fetch_orchestration_item(LOCK, poll, None),
+                p.fetch_work_item(LOCK, poll, None, filter),
+            )
+        }
+    };
+    // Warm up: two pooled connections, both statements, the listener.
+    let _ = both(Duration::from_millis(300)).await;
+    px.proxy.reset();
+    let (orch, work) = both(Duration::from_secs(1)).await;
+    assert!(orch.unwrap().is_none() && work.unwrap().is_none());
+    let trips = px.proxy.round_trips();
+    assert!(
+        trips <= 6,
+        "two idle 1 s long polls sent {trips} round trips"
+    );
+    px.cleanup().await;
+}
+
 #[tokio::test]
 async fn cold_call_costs_more_than_warm_call() {
     let t = Proxied::new(Duration::ZERO).await;

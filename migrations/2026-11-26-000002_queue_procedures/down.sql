@@ -10,5 +10,6 @@ DROP FUNCTION IF EXISTS dx_fetch_orchestration(BIGINT, INT[], INT[]);
 DROP FUNCTION IF EXISTS dx_enqueue_worker(JSONB, TEXT, BIGINT, BIGINT, TEXT, TEXT);
 DROP FUNCTION IF EXISTS dx_enqueue_orchestrator(TEXT, TEXT, JSONB, BIGINT);
 DROP FUNCTION IF EXISTS dx_ms_until(TIMESTAMPTZ);
+DROP FUNCTION IF EXISTS dx_instance_key(TEXT);
 DROP FUNCTION IF EXISTS dx_notify_channel();
 DROP INDEX IF EXISTS worker_queue_locked_idx;

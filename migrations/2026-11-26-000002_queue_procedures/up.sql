@@ -18,10 +18,23 @@ LANGUAGE sql STABLE SET search_path FROM CURRENT AS $$
     SELECT 'duroxide_' || md5(current_schema())
 $$;
 
--- Milliseconds from now until `t`, never negative.
+-- Milliseconds from now until `t`, never negative; NULL when `t` is NULL
+-- (nothing scheduled), hence STRICT.
 CREATE FUNCTION dx_ms_until(t TIMESTAMPTZ) RETURNS BIGINT
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE STRICT AS $$
     SELECT greatest(0, ceil(extract(epoch FROM (t - now())) * 1000))::BIGINT
+$$;
+
+-- Transaction-scoped advisory lock key of an instance in this schema.
+--
+-- Every procedure that claims, commits, releases or deletes an instance's
+-- turn takes this lock before touching its rows. Fetch only tries it and
+-- moves on, so two fetches never wait on each other, and a fetch taking over
+-- an expired lock never waits on the old holder's ack (which would otherwise
+-- wait on the queue rows the fetch has locked: a deadlock).
+CREATE FUNCTION dx_instance_key(p_instance TEXT) RETURNS BIGINT
+LANGUAGE sql STABLE SET search_path FROM CURRENT AS $$
+    SELECT hashtextextended(current_schema() || '/' || p_instance, 0)
 $$;
 
 -- Enqueue one orchestrator message, visible after `p_delay_ms` (0 = now).
@@ -67,9 +80,16 @@ $$;
 -- p_min_version / p_max_version: inclusive [major, minor, patch] bounds of
 -- the dispatcher's capability filter; NULL = no filter. Executions without a
 -- pinned version always match.
+--
+-- Generic plans only: with the filter's actual bounds the planner can
+-- misjudge how selective the version check is and pick full scans of
+-- instances and executions; the generic plan walks the queue index.
 CREATE FUNCTION dx_fetch_orchestration(p_lock_ms BIGINT, p_min_version INT[], p_max_version INT[])
 RETURNS JSONB
-LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+SET plan_cache_mode = force_generic_plan
+AS $$
 DECLARE
     v_instance TEXT;
     v_token    TEXT;
@@ -108,6 +128,11 @@ BEGIN
         RETURN jsonb_build_object('retry_ms', dx_ms_until(least(
             (SELECT min(visible_at) FROM orchestrator_queue WHERE visible_at > now()),
             (SELECT min(l.locked_until) FROM instance_locks l WHERE l.locked_until > now()))));
+    END IF;
+
+    IF NOT pg_try_advisory_xact_lock(dx_instance_key(v_instance)) THEN
+        -- Another call is claiming, committing or deleting this instance.
+        RETURN jsonb_build_object('retry_ms', 0);
     END IF;
 
     v_token := gen_random_uuid()::TEXT;
@@ -217,8 +242,13 @@ DECLARE
     v_op       JSONB;
     v_now_ms   BIGINT := (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT;
 BEGIN
-    SELECT instance_id INTO v_instance
-    FROM instance_locks
+    SELECT instance_id INTO v_instance FROM instance_locks WHERE lock_token = p_token;
+    IF NOT FOUND THEN
+        RETURN 'lock_lost';
+    END IF;
+    PERFORM pg_advisory_xact_lock(dx_instance_key(v_instance));
+    -- Re-check under the lock: the token may have expired or been taken over.
+    PERFORM 1 FROM instance_locks
     WHERE lock_token = p_token AND locked_until > now()
     FOR UPDATE;
     IF NOT FOUND THEN
@@ -311,11 +341,14 @@ BEGIN
     -- Cancelled activities lose their queue row; a worker running one sees its
     -- next lock renewal fail. Runs after the insert above, so an activity both
     -- scheduled and cancelled in one turn never reaches a worker.
-    DELETE FROM worker_queue q
-    USING jsonb_array_elements(p_cancelled) c
-    WHERE q.instance_id = c->>'instance'
-      AND q.execution_id = (c->>'execution_id')::BIGINT
-      AND q.activity_id = (c->>'activity_id')::BIGINT;
+    -- One indexed delete per activity: a join against the JSON array would
+    -- be planned for ~100 rows and scan the whole worker queue.
+    FOR v_op IN SELECT * FROM jsonb_array_elements(p_cancelled) LOOP
+        DELETE FROM worker_queue
+        WHERE instance_id = v_op->>'instance'
+          AND execution_id = (v_op->>'execution_id')::BIGINT
+          AND activity_id = (v_op->>'activity_id')::BIGINT;
+    END LOOP;
 
     INSERT INTO orchestrator_queue (instance_id, kind, work_item, visible_at)
     SELECT o->>'instance', o->>'kind', o->'item',
@@ -344,7 +377,14 @@ $$;
 CREATE FUNCTION dx_abandon_orchestration(p_token TEXT, p_delay_ms BIGINT, p_ignore_attempt BOOLEAN)
 RETURNS BOOLEAN
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+    v_instance TEXT;
 BEGIN
+    SELECT instance_id INTO v_instance FROM instance_locks WHERE lock_token = p_token;
+    IF NOT FOUND THEN
+        RETURN FALSE;
+    END IF;
+    PERFORM pg_advisory_xact_lock(dx_instance_key(v_instance));
     DELETE FROM instance_locks WHERE lock_token = p_token;
     IF NOT FOUND THEN
         RETURN FALSE;

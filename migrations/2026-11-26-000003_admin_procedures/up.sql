@@ -46,9 +46,13 @@ DECLARE
     v_orch       BIGINT;
     v_work       BIGINT;
 BEGIN
-    -- Lock in the order an ack does (instance lock, then instance row), so a
-    -- turn being committed finishes first and is deleted with the rest, and
-    -- no later ack of a held lock can succeed: its lock row is deleted below.
+    -- Lock in the order an ack does (advisory instance key, instance lock,
+    -- then instance row), so a turn being committed finishes first and is
+    -- deleted with the rest, and no later ack of a held lock can succeed: its
+    -- lock row is deleted below. Fetches skip instances being deleted.
+    PERFORM pg_advisory_xact_lock(k)
+    FROM (SELECT DISTINCT dx_instance_key(i) AS k FROM unnest(p_ids) AS i) keys
+    ORDER BY k;
     PERFORM 1 FROM instance_locks WHERE instance_id = ANY (p_ids)
     ORDER BY instance_id FOR UPDATE;
     PERFORM 1 FROM instances WHERE instance_id = ANY (p_ids)

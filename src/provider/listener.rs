@@ -51,7 +51,7 @@ impl Wakeups {
 }
 
 /// Starts the listener task; it runs until [`Wakeups::stop`].
-pub(crate) fn spawn(url: String, setup_sql: String, connect_timeout: Duration) -> Arc<Wakeups> {
+pub(crate) fn spawn(connector: crate::pool::Connector) -> Arc<Wakeups> {
     let wakeups = Arc::new(Wakeups::default());
     let state = Arc::clone(&wakeups);
     tokio::spawn(async move {
@@ -60,7 +60,7 @@ pub(crate) fn spawn(url: String, setup_sql: String, connect_timeout: Duration) -
         let _reset = ResetOnDrop(Arc::clone(&state));
         while !state.stopped.load(Ordering::Acquire) {
             let session = async {
-                match crate::pool::connect(&url, &setup_sql, connect_timeout).await {
+                match connector.connect().await {
                     Ok(conn) => {
                         if let Err(e) = listen(conn, &state).await {
                             tracing::warn!(error = %e, "duroxide-diesel listener lost its connection");

@@ -39,13 +39,8 @@ enum Step<T> {
 
 impl PostgresProvider {
     fn wakeups(&self) -> &Arc<listener::Wakeups> {
-        self.wakeups.get_or_init(|| {
-            listener::spawn(
-                self.url.clone(),
-                crate::pool::session_setup_sql(&self.options),
-                self.options.connect_timeout,
-            )
-        })
+        self.wakeups
+            .get_or_init(|| listener::spawn(self.connector.clone()))
     }
 
     /// Runs `attempt` until it yields an item or `poll_timeout` passes.
@@ -67,6 +62,7 @@ impl PostgresProvider {
         let deadline = Instant::now() + poll_timeout;
         let wakeups = (self.options.long_polling && !poll_timeout.is_zero())
             .then(|| Arc::clone(self.wakeups()));
+        let mut immediate_retries = 0u32;
         loop {
             // Register interest before looking, so a notification sent while
             // the attempt runs is not missed.
@@ -99,8 +95,15 @@ impl PostgresProvider {
                 wait = wait.min(listener::FALLBACK_POLL);
             }
             if wait.is_zero() {
-                tokio::task::yield_now().await;
-                continue;
+                // A lost race (another dispatcher claimed first): retry now,
+                // but back off if it keeps happening so a waiter never spins.
+                immediate_retries += 1;
+                if immediate_retries <= 2 {
+                    continue;
+                }
+                wait = Duration::from_millis(1 << immediate_retries.min(6));
+            } else {
+                immediate_retries = 0;
             }
             tokio::select! {
                 _ = async { if let Some(n) = notified.as_mut().as_pin_mut() { n.await } } => {}

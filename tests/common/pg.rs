@@ -29,6 +29,23 @@ pub fn database_url() -> String {
     format!("postgres://postgres@127.0.0.1:{port}/postgres")
 }
 
+/// The server log of the throwaway cluster when [`database_url`] uses it
+/// (`DATABASE_URL` unset); `None` when `DATABASE_URL` names another server.
+pub fn local_cluster_log() -> Option<PathBuf> {
+    if std::env::var("DATABASE_URL").is_ok_and(|url| !url.is_empty()) {
+        return None;
+    }
+    let port: u16 = std::env::var("DUROXIDE_TEST_PG_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(DEFAULT_PORT);
+    Some(
+        std::env::temp_dir()
+            .join(format!("duroxide-diesel-pg-{port}"))
+            .join("postgres.log"),
+    )
+}
+
 fn bindir() -> PathBuf {
     if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
         let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
@@ -118,6 +135,11 @@ fn ensure_local_cluster(port: u16) {
         );
     }
     let status = run_pg(&bin.join("pg_ctl"), &["-D", &data_s, "status"]);
+    if ensure_tls(&root, &data) && status.status.success() {
+        // TLS settings are reloadable: a cluster started before TLS was set
+        // up picks them up without a restart.
+        let _ = run_pg(&bin.join("pg_ctl"), &["-D", &data_s, "reload"]);
+    }
     if !status.status.success() {
         let opts = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off \
@@ -137,6 +159,104 @@ fn ensure_local_cluster(port: u16) {
         );
     }
     drop(lock);
+}
+
+/// The CA certificate that signed the throwaway cluster's TLS certificate;
+/// `None` with `DATABASE_URL` or without `openssl`.
+pub fn local_cluster_tls_cert() -> Option<PathBuf> {
+    let log = local_cluster_log()?;
+    let ca = log.parent()?.join("ca.crt");
+    ca.exists().then_some(ca)
+}
+
+/// Creates a test CA and a server certificate for 127.0.0.1/localhost signed
+/// by it, and turns TLS on in the cluster's configuration, once. Returns
+/// true if it changed anything. Without `openssl` the cluster runs without TLS.
+fn ensure_tls(root: &Path, data: &Path) -> bool {
+    const MARKER: &str = "# duroxide-diesel tls (test CA)";
+    let conf = data.join("postgresql.conf");
+    let configured = std::fs::read_to_string(&conf)
+        .map(|c| c.contains(MARKER))
+        .unwrap_or(false);
+    if configured && root.join("ca.crt").exists() {
+        return false;
+    }
+    let ext = root.join("server.ext");
+    if std::fs::write(&ext, "subjectAltName=DNS:localhost,IP:127.0.0.1\n").is_err() {
+        return false;
+    }
+    let openssl = |args: &[&str]| {
+        let mut cmd = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--", "openssl"]);
+            c
+        } else {
+            Command::new("openssl")
+        };
+        cmd.current_dir(root)
+            .args(args)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    let made = openssl(&[
+        "req",
+        "-x509",
+        "-new",
+        "-nodes",
+        "-newkey",
+        "rsa:2048",
+        "-days",
+        "3650",
+        "-subj",
+        "/CN=duroxide-diesel test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]) && openssl(&[
+        "req",
+        "-new",
+        "-nodes",
+        "-newkey",
+        "rsa:2048",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]) && openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "3650",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.crt",
+    ]);
+    if !made {
+        return false;
+    }
+    let settings = format!(
+        "\n{MARKER}\nssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+        root.join("server.crt").display(),
+        root.join("server.key").display()
+    );
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&conf)
+        .expect("open postgresql.conf");
+    std::io::Write::write_all(&mut f, settings.as_bytes()).expect("write postgresql.conf");
+    true
 }
 
 fn flock(file: &std::fs::File) {
