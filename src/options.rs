@@ -9,7 +9,7 @@ pub const DEFAULT_SCHEMA: &str = "public";
 
 /// Settings of a [`PostgresProvider`](crate::PostgresProvider); build one
 /// with [`PostgresProvider::builder`](crate::PostgresProvider::builder).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Options {
     pub(crate) schema: String,
     pub(crate) max_connections: u32,
@@ -18,6 +18,20 @@ pub struct Options {
     pub(crate) application_name: Option<String>,
     pub(crate) long_polling: bool,
     pub(crate) tls_ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("schema", &self.schema)
+            .field("max_connections", &self.max_connections)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("application_name", &self.application_name)
+            .field("long_polling", &self.long_polling)
+            .field("tls_ca_certificate", &self.tls_ca_pem.is_some())
+            .finish()
+    }
 }
 
 impl Default for Options {
