@@ -19,10 +19,13 @@
 //! DXBENCH_IDLE_SECS, DXBENCH_SECTIONS (e.g. "bd"), DATABASE_URL (else the
 //! test harness starts a throwaway PostgreSQL on port 55433), RUST_LOG.
 
+#[path = "../tests/common/items.rs"]
+mod items;
 #[path = "../tests/common/pg.rs"]
 mod pg;
 #[path = "../tests/common/proxy.rs"]
 mod proxy;
+use items::{activity_item, completion_item, start_item};
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -45,8 +48,7 @@ use duroxide::providers::{
 use duroxide::runtime::registry::ActivityRegistry;
 use duroxide::runtime::{self, RuntimeOptions};
 use duroxide::{
-    ActivityContext, Client, Event, EventKind, OrchestrationContext, OrchestrationRegistry,
-    SystemStats,
+    ActivityContext, Client, Event, OrchestrationContext, OrchestrationRegistry, SystemStats,
 };
 use duroxide_diesel::PostgresProvider;
 use tokio::sync::Notify;
@@ -1313,75 +1315,6 @@ async fn section_d(url: &str, cfg: &Config) -> Res<IdleSummary> {
 // (e) round trips per hot-path call, each measured alone after a warm-up call
 // of the same kind (as tests/round_trips.rs asserts).
 
-fn start_item(instance: &str) -> WorkItem {
-    WorkItem::StartOrchestration {
-        instance: instance.to_owned(),
-        orchestration: "BenchOrch".to_owned(),
-        input: "{}".to_owned(),
-        version: Some("1.0.0".to_owned()),
-        parent_instance: None,
-        parent_id: None,
-        parent_execution_id: None,
-        execution_id: duroxide::INITIAL_EXECUTION_ID,
-    }
-}
-
-fn activity_item(instance: &str, id: u64) -> WorkItem {
-    WorkItem::ActivityExecute {
-        instance: instance.to_owned(),
-        execution_id: duroxide::INITIAL_EXECUTION_ID,
-        id,
-        name: "Noop".to_owned(),
-        input: format!("input{id}"),
-        session_id: None,
-        tag: None,
-    }
-}
-
-fn completion_item(instance: &str, id: u64) -> WorkItem {
-    WorkItem::ActivityCompleted {
-        instance: instance.to_owned(),
-        execution_id: duroxide::INITIAL_EXECUTION_ID,
-        id,
-        result: format!("result{id}"),
-    }
-}
-
-async fn ack_first_turn(p: &PostgresProvider, instance: &str, token: &str) -> Res<()> {
-    let started = Event::with_event_id(
-        duroxide::INITIAL_EVENT_ID,
-        instance.to_owned(),
-        duroxide::INITIAL_EXECUTION_ID,
-        None,
-        EventKind::OrchestrationStarted {
-            name: "BenchOrch".to_owned(),
-            version: "1.0.0".to_owned(),
-            input: "{}".to_owned(),
-            parent_instance: None,
-            parent_id: None,
-            parent_execution_id: None,
-            carry_forward_events: None,
-            initial_custom_status: None,
-        },
-    );
-    let metadata = ExecutionMetadata {
-        orchestration_name: Some("BenchOrch".to_owned()),
-        orchestration_version: Some("1.0.0".to_owned()),
-        ..Default::default()
-    };
-    p.ack_orchestration_item(
-        token,
-        duroxide::INITIAL_EXECUTION_ID,
-        vec![started],
-        vec![],
-        vec![],
-        metadata,
-        vec![],
-    )
-    .await
-    .map_err(|e| format!("ack first turn: {e}"))
-}
-
 struct PerCall {
     rows: Vec<(&'static str, u64, u64)>,
 }
@@ -1425,11 +1358,14 @@ async fn section_e(url: &str) -> Res<PerCall> {
     )
     .map_err(e("fetch"))?
     .ok_or_else(|| some("fetch"))?;
-    ack_first_turn(&p, &ia.instance, &ta).await?;
+    items::ack_first_turn(&p, &ia.instance, &ta)
+        .await
+        .map_err(e("ack first turn"))?;
     measure!(
         "ack_orchestration_item",
-        ack_first_turn(&p, &ib.instance, &tb)
-    )?;
+        items::ack_first_turn(&p, &ib.instance, &tb)
+    )
+    .map_err(e("ack first turn"))?;
     p.read(&ia.instance).await.map_err(e("read"))?;
     measure!("read", p.read(&ib.instance)).map_err(e("read"))?;
 

@@ -7,35 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::TestDb;
+use common::items::{activity_item, start_item};
 use duroxide::providers::{Provider, TagFilter, WorkItem};
 
 const LOCK: Duration = Duration::from_secs(30);
 const LONG_POLL: Duration = Duration::from_secs(20);
-
-fn external(instance: &str) -> WorkItem {
-    WorkItem::StartOrchestration {
-        instance: instance.to_owned(),
-        orchestration: "O".to_owned(),
-        input: String::new(),
-        version: None,
-        parent_instance: None,
-        parent_id: None,
-        parent_execution_id: None,
-        execution_id: 1,
-    }
-}
-
-fn activity(id: u64) -> WorkItem {
-    WorkItem::ActivityExecute {
-        instance: "lp".into(),
-        execution_id: 1,
-        id,
-        name: "A".into(),
-        input: String::new(),
-        session_id: None,
-        tag: None,
-    }
-}
 
 /// The `pg_stat_activity` condition matching this test schema's listener.
 fn listener_of(db: &TestDb) -> String {
@@ -76,7 +52,7 @@ async fn enqueue_from_another_provider_wakes_a_waiting_fetch() {
         tokio::spawn(async move { w.fetch_orchestration_item(LOCK, LONG_POLL, None).await });
     wait_for_listener(&db).await;
     other
-        .enqueue_for_orchestrator(external("wake-1"), None)
+        .enqueue_for_orchestrator(start_item("wake-1"), None)
         .await
         .unwrap();
     let got = fetch
@@ -95,7 +71,10 @@ async fn enqueue_from_another_provider_wakes_a_waiting_fetch() {
         w.fetch_work_item(LOCK, LONG_POLL, None, &TagFilter::default())
             .await
     });
-    other.enqueue_for_worker(activity(1)).await.unwrap();
+    other
+        .enqueue_for_worker(activity_item("lp", 1))
+        .await
+        .unwrap();
     let got = fetch
         .await
         .unwrap()
@@ -112,7 +91,7 @@ async fn a_waiting_fetch_picks_up_delayed_work_when_it_becomes_visible() {
     let db = TestDb::new().await;
     let provider = db.provider().await;
     provider
-        .enqueue_for_orchestrator(external("later"), Some(Duration::from_millis(300)))
+        .enqueue_for_orchestrator(start_item("later"), Some(Duration::from_millis(300)))
         .await
         .unwrap();
     let started = Instant::now();
@@ -144,7 +123,7 @@ async fn dropping_a_waiting_fetch_leaves_the_provider_usable() {
         assert!(fetch.await.unwrap_err().is_cancelled());
     }
     provider
-        .enqueue_for_orchestrator(external("after-drop"), None)
+        .enqueue_for_orchestrator(start_item("after-drop"), None)
         .await
         .unwrap();
     let got = provider
@@ -179,7 +158,10 @@ async fn waiters_survive_a_lost_listener_connection() {
     assert_eq!(killed.as_deref(), Some("1"));
 
     // Work enqueued while the listener is down is still delivered.
-    other.enqueue_for_worker(activity(7)).await.unwrap();
+    other
+        .enqueue_for_worker(activity_item("lp", 7))
+        .await
+        .unwrap();
     let got = warm
         .await
         .unwrap()
@@ -194,7 +176,10 @@ async fn waiters_survive_a_lost_listener_connection() {
         p.fetch_work_item(LOCK, LONG_POLL, None, &TagFilter::default())
             .await
     });
-    other.enqueue_for_worker(activity(8)).await.unwrap();
+    other
+        .enqueue_for_worker(activity_item("lp", 8))
+        .await
+        .unwrap();
     let got = fetch
         .await
         .unwrap()

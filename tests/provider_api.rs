@@ -6,21 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::TestDb;
+use common::items::start_item;
 use duroxide::providers::{Provider, TagFilter, WorkItem};
 use duroxide_diesel::{Error, PostgresProvider};
-
-fn start_item(instance: &str) -> WorkItem {
-    WorkItem::StartOrchestration {
-        instance: instance.to_owned(),
-        orchestration: "Orch".to_owned(),
-        input: "{}".to_owned(),
-        version: Some("1.0.0".to_owned()),
-        parent_instance: None,
-        parent_id: None,
-        parent_execution_id: None,
-        execution_id: 1,
-    }
-}
 
 #[test]
 fn constructor_futures_are_send() {

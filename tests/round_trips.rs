@@ -11,9 +11,11 @@ mod common;
 use std::time::Duration;
 
 use common::TestDb;
+use common::items::{
+    ack_first_turn, activity_item as activity, completion_item as completion, start_item,
+};
 use common::proxy::{self, Proxy};
-use duroxide::providers::{ExecutionMetadata, OrchestrationItem, Provider, TagFilter, WorkItem};
-use duroxide::{Event, EventKind};
+use duroxide::providers::{OrchestrationItem, Provider, TagFilter, WorkItem};
 use duroxide_diesel::PostgresProvider;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -111,79 +113,6 @@ impl Proxied {
             .expect("fetch work")
             .expect("a work item is ready")
     }
-}
-
-fn start_item(instance: &str) -> WorkItem {
-    WorkItem::StartOrchestration {
-        instance: instance.to_owned(),
-        orchestration: "TestOrch".to_owned(),
-        input: "{}".to_owned(),
-        version: Some("1.0.0".to_owned()),
-        parent_instance: None,
-        parent_id: None,
-        parent_execution_id: None,
-        execution_id: duroxide::INITIAL_EXECUTION_ID,
-    }
-}
-
-fn activity(instance: &str, id: u64) -> WorkItem {
-    WorkItem::ActivityExecute {
-        instance: instance.to_owned(),
-        execution_id: duroxide::INITIAL_EXECUTION_ID,
-        id,
-        name: format!("Activity{id}"),
-        input: format!("input{id}"),
-        session_id: None,
-        tag: None,
-    }
-}
-
-fn completion(instance: &str, id: u64) -> WorkItem {
-    WorkItem::ActivityCompleted {
-        instance: instance.to_owned(),
-        execution_id: duroxide::INITIAL_EXECUTION_ID,
-        id,
-        result: format!("result{id}"),
-    }
-}
-
-/// The ack of a first turn, as duroxide's validation suite does it.
-async fn ack_first_turn(
-    p: &PostgresProvider,
-    instance: &str,
-    token: &str,
-) -> Result<(), duroxide::providers::ProviderError> {
-    let started = Event::with_event_id(
-        duroxide::INITIAL_EVENT_ID,
-        instance.to_owned(),
-        duroxide::INITIAL_EXECUTION_ID,
-        None,
-        EventKind::OrchestrationStarted {
-            name: "TestOrch".to_owned(),
-            version: "1.0.0".to_owned(),
-            input: "{}".to_owned(),
-            parent_instance: None,
-            parent_id: None,
-            parent_execution_id: None,
-            carry_forward_events: None,
-            initial_custom_status: None,
-        },
-    );
-    let metadata = ExecutionMetadata {
-        orchestration_name: Some("TestOrch".to_owned()),
-        orchestration_version: Some("1.0.0".to_owned()),
-        ..Default::default()
-    };
-    p.ack_orchestration_item(
-        token,
-        duroxide::INITIAL_EXECUTION_ID,
-        vec![started],
-        vec![],
-        vec![],
-        metadata,
-        vec![],
-    )
-    .await
 }
 
 // ---------------------------------------------------------------------------

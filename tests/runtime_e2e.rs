@@ -24,6 +24,21 @@ async fn setup() -> (TestDb, Arc<PostgresProvider>, Client) {
     (db, provider, client)
 }
 
+/// Stops the runtimes, releases the provider and drops the test schema.
+async fn teardown(
+    runtimes: Vec<Arc<runtime::Runtime>>,
+    client: Client,
+    provider: Arc<PostgresProvider>,
+    db: TestDb,
+) {
+    for rt in runtimes {
+        rt.shutdown(None).await;
+    }
+    drop(client);
+    drop(provider);
+    db.cleanup().await;
+}
+
 fn fast_options() -> RuntimeOptions {
     RuntimeOptions {
         dispatcher_min_poll_interval: Duration::from_millis(10),
@@ -93,10 +108,7 @@ async fn activity_chain_timer_custom_status_and_kv() {
         Some("13")
     );
 
-    rt.shutdown(None).await;
-    drop(client);
-    drop(provider);
-    db.cleanup().await;
+    teardown(vec![rt], client, provider, db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,10 +165,7 @@ async fn management_calls_and_sub_orchestration_tree_deletion() {
         OrchestrationStatus::NotFound
     ));
 
-    rt.shutdown(None).await;
-    drop(client);
-    drop(provider);
-    db.cleanup().await;
+    teardown(vec![rt], client, provider, db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,10 +218,7 @@ async fn continue_as_new_then_prune() {
     assert_eq!(client.list_executions("can-1").await.unwrap(), vec![4]);
     assert_eq!(completed_output(&client, "can-1").await, "done at 3");
 
-    rt.shutdown(None).await;
-    drop(client);
-    drop(provider);
-    db.cleanup().await;
+    teardown(vec![rt], client, provider, db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,10 +261,7 @@ async fn session_pinned_activities_complete() {
         "the session was claimed by the worker node"
     );
 
-    rt.shutdown(None).await;
-    drop(client);
-    drop(provider);
-    db.cleanup().await;
+    teardown(vec![rt], client, provider, db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,11 +313,7 @@ async fn tagged_activity_runs_on_the_matching_worker() {
         "general/gpu-node"
     );
 
-    general.shutdown(None).await;
-    gpu.shutdown(None).await;
-    drop(client);
-    drop(provider);
-    db.cleanup().await;
+    teardown(vec![general, gpu], client, provider, db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -383,8 +382,5 @@ async fn cancelling_an_orchestration_cancels_its_running_activity() {
         .await
         .expect("the running activity saw its cancellation");
 
-    rt.shutdown(None).await;
-    drop(client);
-    drop(provider);
-    db.cleanup().await;
+    teardown(vec![rt], client, provider, db).await;
 }

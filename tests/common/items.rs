@@ -1,0 +1,87 @@
+//! Work items and a first turn, built the way duroxide's runtime builds them,
+//! for tests and benchmarks that drive the provider directly.
+
+#![allow(dead_code)]
+
+use duroxide::providers::{ExecutionMetadata, Provider, ProviderError, WorkItem};
+use duroxide::{Event, EventKind, INITIAL_EVENT_ID, INITIAL_EXECUTION_ID};
+
+/// Orchestration name used by these items.
+pub const ORCHESTRATION: &str = "TestOrch";
+
+/// A `StartOrchestration` for `instance`, version 1.0.0.
+pub fn start_item(instance: &str) -> WorkItem {
+    WorkItem::StartOrchestration {
+        instance: instance.to_owned(),
+        orchestration: ORCHESTRATION.to_owned(),
+        input: "{}".to_owned(),
+        version: Some("1.0.0".to_owned()),
+        parent_instance: None,
+        parent_id: None,
+        parent_execution_id: None,
+        execution_id: INITIAL_EXECUTION_ID,
+    }
+}
+
+/// An untagged, session-less `ActivityExecute` with activity id `id`.
+pub fn activity_item(instance: &str, id: u64) -> WorkItem {
+    WorkItem::ActivityExecute {
+        instance: instance.to_owned(),
+        execution_id: INITIAL_EXECUTION_ID,
+        id,
+        name: format!("Activity{id}"),
+        input: format!("input{id}"),
+        session_id: None,
+        tag: None,
+    }
+}
+
+/// The `ActivityCompleted` answering [`activity_item`].
+pub fn completion_item(instance: &str, id: u64) -> WorkItem {
+    WorkItem::ActivityCompleted {
+        instance: instance.to_owned(),
+        execution_id: INITIAL_EXECUTION_ID,
+        id,
+        result: format!("result{id}"),
+    }
+}
+
+/// Acknowledges the first turn of `instance`: its `OrchestrationStarted`
+/// event and the metadata that creates the instance.
+pub async fn ack_first_turn(
+    p: &dyn Provider,
+    instance: &str,
+    token: &str,
+) -> Result<(), ProviderError> {
+    let started = Event::with_event_id(
+        INITIAL_EVENT_ID,
+        instance.to_owned(),
+        INITIAL_EXECUTION_ID,
+        None,
+        EventKind::OrchestrationStarted {
+            name: ORCHESTRATION.to_owned(),
+            version: "1.0.0".to_owned(),
+            input: "{}".to_owned(),
+            parent_instance: None,
+            parent_id: None,
+            parent_execution_id: None,
+            carry_forward_events: None,
+            initial_custom_status: None,
+        },
+    );
+    let metadata = ExecutionMetadata {
+        orchestration_name: Some(ORCHESTRATION.to_owned()),
+        orchestration_version: Some("1.0.0".to_owned()),
+        ..Default::default()
+    };
+    p.ack_orchestration_item(
+        token,
+        INITIAL_EXECUTION_ID,
+        vec![started],
+        vec![],
+        vec![],
+        metadata,
+        vec![],
+    )
+    .await
+}
