@@ -56,6 +56,8 @@ pub struct PostgresProvider {
     connector: pool::Connector,
     /// Listener for long polling, started by the first fetch that waits.
     wakeups: std::sync::OnceLock<std::sync::Arc<provider::listener::Wakeups>>,
+    /// Worker fetches of this provider waiting for work (see `provider::handoff`).
+    worker_waiters: std::sync::Arc<provider::handoff::Waiters>,
 }
 
 impl std::fmt::Debug for PostgresProvider {
@@ -180,6 +182,7 @@ impl PostgresProviderBuilder {
             options,
             connector,
             wakeups: std::sync::OnceLock::new(),
+            worker_waiters: Default::default(),
         })
     }
 }

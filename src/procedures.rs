@@ -39,7 +39,8 @@ define_sql_function! {
 }
 
 define_sql_function! {
-    /// Commit an orchestration turn; returns `ok` or `lock_lost`.
+    /// Commit an orchestration turn, optionally claiming one of its worker
+    /// items for a waiting local worker; returns `{"status", "claimed"}`.
     #[allow(clippy::too_many_arguments)]
     fn dx_ack_orchestration(
         token: Text,
@@ -51,7 +52,8 @@ define_sql_function! {
         custom_status: Nullable<Jsonb>,
         kv_ops: Jsonb,
         cancelled: Jsonb,
-    ) -> Text;
+        claim: Nullable<Jsonb>,
+    ) -> Jsonb;
 }
 
 define_sql_function! {

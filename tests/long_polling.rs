@@ -216,3 +216,66 @@ async fn without_long_polling_no_listener_connection_is_opened() {
     drop(provider);
     db.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_hands_a_new_activity_to_a_waiting_local_worker() {
+    let db = TestDb::new().await;
+    let provider = Arc::new(db.provider().await);
+
+    let p = provider.clone();
+    let waiting = tokio::spawn(async move {
+        p.fetch_work_item(LOCK, LONG_POLL, None, &TagFilter::default())
+            .await
+    });
+    wait_for_listener(&db).await;
+    // Let the fetch find the queue empty and start waiting.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    provider
+        .enqueue_for_orchestrator(start_item("handoff"), None)
+        .await
+        .unwrap();
+    let (_, token, _) = provider
+        .fetch_orchestration_item(LOCK, Duration::ZERO, None)
+        .await
+        .unwrap()
+        .expect("turn");
+    provider
+        .ack_orchestration_item(
+            &token,
+            1,
+            vec![],
+            vec![activity_item("handoff", 1)],
+            vec![],
+            Default::default(),
+            vec![],
+        )
+        .await
+        .unwrap();
+
+    let (item, work_token, attempts) = waiting.await.unwrap().unwrap().expect("handed over");
+    assert!(matches!(item, WorkItem::ActivityExecute { id: 1, .. }));
+    assert_eq!(attempts, 1);
+    // The handed-over lock is the row's real lock: it renews and acks.
+    let stored = db
+        .scalar("SELECT lock_token FROM worker_queue WHERE instance_id = 'handoff'")
+        .await;
+    assert_eq!(stored.as_deref(), Some(work_token.as_str()));
+    // Claimed by the ack itself: locked in the transaction that inserted it
+    // (a later fetch would lock it at a later now()).
+    let same_txn = db
+        .scalar(
+            "SELECT locked_until = created_at + interval '30 seconds' \
+             FROM worker_queue WHERE instance_id = 'handoff'",
+        )
+        .await;
+    assert_eq!(same_txn.as_deref(), Some("true"));
+    provider
+        .renew_work_item_lock(&work_token, LOCK)
+        .await
+        .unwrap();
+    provider.ack_work_item(&work_token, None).await.unwrap();
+
+    drop(provider);
+    db.cleanup().await;
+}

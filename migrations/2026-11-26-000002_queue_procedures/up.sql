@@ -229,22 +229,27 @@ $$;
 -- p_custom_status:      NULL = unchanged, {"value": text | null} = set / clear
 -- p_kv_ops:             [{"op": "set" | "clear" | "clear_all", "key", "value", "ts"}]
 -- p_cancelled:          [{"instance", "execution_id", "activity_id"}]
+-- p_claim:              NULL, or {"index", "lock_ms"}: lock the worker item at
+--                       that 0-based index for a worker of the calling process
+--                       that is waiting for work, as its fetch would have.
 --
--- Returns 'ok', or 'lock_lost' (unknown or expired token; nothing changed).
+-- Returns {"status": "ok", "claimed": token | null}, or {"status": "lock_lost"}
+-- (unknown or expired token; nothing changed).
 CREATE FUNCTION dx_ack_orchestration(p_token TEXT, p_execution_id BIGINT, p_history JSONB,
                                      p_worker_items JSONB, p_orchestrator_items JSONB,
                                      p_metadata JSONB, p_custom_status JSONB, p_kv_ops JSONB,
-                                     p_cancelled JSONB)
-RETURNS TEXT
+                                     p_cancelled JSONB, p_claim JSONB)
+RETURNS JSONB
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
     v_instance TEXT;
     v_op       JSONB;
     v_now_ms   BIGINT := (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT;
+    v_claim    TEXT := CASE WHEN p_claim IS NULL THEN NULL ELSE gen_random_uuid()::TEXT END;
 BEGIN
     SELECT instance_id INTO v_instance FROM instance_locks WHERE lock_token = p_token;
     IF NOT FOUND THEN
-        RETURN 'lock_lost';
+        RETURN jsonb_build_object('status', 'lock_lost');
     END IF;
     PERFORM pg_advisory_xact_lock(dx_instance_key(v_instance));
     -- Re-check under the lock: the token may have expired or been taken over.
@@ -252,7 +257,7 @@ BEGIN
     WHERE lock_token = p_token AND locked_until > now()
     FOR UPDATE;
     IF NOT FOUND THEN
-        RETURN 'lock_lost';
+        RETURN jsonb_build_object('status', 'lock_lost');
     END IF;
 
     DELETE FROM orchestrator_queue WHERE lock_token = p_token;
@@ -333,10 +338,15 @@ BEGIN
         DELETE FROM kv_delta WHERE instance_id = v_instance;
     END IF;
 
-    INSERT INTO worker_queue (work_item, instance_id, execution_id, activity_id, session_id, tag)
+    INSERT INTO worker_queue (work_item, instance_id, execution_id, activity_id, session_id, tag,
+                              lock_token, locked_until, attempt_count)
     SELECT w->'item', w->>'instance', (w->>'execution_id')::BIGINT, (w->>'activity_id')::BIGINT,
-           w->>'session_id', w->>'tag'
-    FROM jsonb_array_elements(p_worker_items) w;
+           w->>'session_id', w->>'tag',
+           CASE WHEN claimed THEN v_claim END,
+           CASE WHEN claimed THEN now() + (p_claim->>'lock_ms')::BIGINT * INTERVAL '1 millisecond' END,
+           CASE WHEN claimed THEN 1 ELSE 0 END
+    FROM jsonb_array_elements(p_worker_items) WITH ORDINALITY AS t(w, n),
+         LATERAL (SELECT n - 1 = (p_claim->>'index')::BIGINT IS TRUE AS claimed) c;
 
     -- Cancelled activities lose their queue row; a worker running one sees its
     -- next lock renewal fail. Runs after the insert above, so an activity both
@@ -349,6 +359,10 @@ BEGIN
           AND execution_id = (v_op->>'execution_id')::BIGINT
           AND activity_id = (v_op->>'activity_id')::BIGINT;
     END LOOP;
+
+    IF v_claim IS NOT NULL AND NOT EXISTS (SELECT 1 FROM worker_queue WHERE lock_token = v_claim) THEN
+        v_claim := NULL;  -- cancelled in this same turn
+    END IF;
 
     INSERT INTO orchestrator_queue (instance_id, kind, work_item, visible_at)
     SELECT o->>'instance', o->>'kind', o->'item',
@@ -367,7 +381,7 @@ BEGIN
                   WHERE instance_id = v_instance AND visible_at <= now()) THEN
         PERFORM pg_notify(dx_notify_channel(), 'o');
     END IF;
-    RETURN 'ok';
+    RETURN jsonb_build_object('status', 'ok', 'claimed', v_claim);
 END
 $$;
 

@@ -3,6 +3,7 @@
 
 mod admin;
 pub(crate) mod codec;
+pub(crate) mod handoff;
 mod history;
 pub(crate) mod listener;
 mod orchestrator;
@@ -47,12 +48,15 @@ impl PostgresProvider {
     ///
     /// Between attempts no connection is held: the waiter sleeps until a
     /// notification for `queue`, the earliest scheduled visibility the
-    /// database reported, or the deadline. Dropping the future at any await
-    /// point leaves nothing behind: each attempt is a single statement.
+    /// database reported, a local handoff through `inbox`, or the deadline.
+    /// Dropping the future at any await point leaves nothing behind: each
+    /// attempt is a single statement, and an abandoned handoff is released
+    /// by the turn that made it.
     async fn long_poll<T, F, Fut>(
         &self,
         queue: Queue,
         poll_timeout: Duration,
+        inbox: Option<Inbox<'_, T>>,
         mut attempt: F,
     ) -> Result<Option<T>>
     where
@@ -63,6 +67,7 @@ impl PostgresProvider {
         let wakeups = (self.options.long_polling && !poll_timeout.is_zero())
             .then(|| Arc::clone(self.wakeups()));
         let mut immediate_retries = 0u32;
+        let mut registration: Option<handoff::Registration> = None;
         loop {
             // Register interest before looking, so a notification sent while
             // the attempt runs is not missed.
@@ -74,6 +79,16 @@ impl PostgresProvider {
             let mut notified = std::pin::pin!(notified);
             if let Some(n) = notified.as_mut().as_pin_mut() {
                 n.enable();
+            }
+
+            // A turn took this waiter: its item is on the way, no query needed.
+            if let (Some(reg), Some(inbox)) = (registration.as_mut(), inbox.as_ref()) {
+                if reg.claimed() {
+                    match reg.handed().await {
+                        Some(handed) => return Ok(Some((inbox.convert)(handed))),
+                        None => registration = None,
+                    }
+                }
             }
 
             let retry_ms = match attempt().await? {
@@ -105,12 +120,34 @@ impl PostgresProvider {
             } else {
                 immediate_retries = 0;
             }
+            if registration.is_none() {
+                registration = inbox
+                    .as_ref()
+                    .map(|i| i.waiters.register(i.filter, i.lock_timeout));
+            }
             tokio::select! {
                 _ = async { if let Some(n) = notified.as_mut().as_pin_mut() { n.await } } => {}
                 _ = tokio::time::sleep(wait) => {}
+                handed = async {
+                    match registration.as_mut() {
+                        Some(reg) => reg.handed().await,
+                        None => std::future::pending().await,
+                    }
+                } => match (handed, inbox.as_ref()) {
+                    (Some(handed), Some(inbox)) => return Ok(Some((inbox.convert)(handed))),
+                    _ => registration = None,
+                },
             }
         }
     }
+}
+
+/// Where a waiting fetch can receive work handed over in-process.
+struct Inbox<'a, T> {
+    waiters: &'a Arc<handoff::Waiters>,
+    filter: &'a TagFilter,
+    lock_timeout: Duration,
+    convert: fn(handoff::Handed) -> T,
 }
 
 impl Drop for PostgresProvider {
@@ -141,7 +178,7 @@ impl Provider for PostgresProvider {
         poll_timeout: Duration,
         filter: Option<&DispatcherCapabilityFilter>,
     ) -> Result<Option<(OrchestrationItem, String, u32)>, ProviderError> {
-        self.long_poll(Queue::Orchestrator, poll_timeout, || async {
+        self.long_poll(Queue::Orchestrator, poll_timeout, None, || async {
             Ok(
                 match orchestrator::fetch_once(self, lock_timeout, filter).await? {
                     orchestrator::Attempt::Item(item) => Step::Ready(*item),
@@ -232,7 +269,15 @@ impl Provider for PostgresProvider {
             // Orchestrator-only runtime: never any work, no query, no wait.
             return Ok(None);
         }
-        self.long_poll(Queue::Worker, poll_timeout, || async {
+        // Session-bound items are never handed over, so any waiter may take
+        // session-less ones whatever its session configuration.
+        let inbox = Inbox {
+            waiters: &self.worker_waiters,
+            filter: tag_filter,
+            lock_timeout,
+            convert: |handed| handed,
+        };
+        self.long_poll(Queue::Worker, poll_timeout, Some(inbox), || async {
             Ok(
                 match worker::fetch_once(self, lock_timeout, session, tag_filter).await? {
                     worker::Attempt::Item(item, token, attempts) => {
