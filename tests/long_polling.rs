@@ -118,7 +118,7 @@ async fn dropping_a_waiting_fetch_leaves_the_provider_usable() {
         let p = provider.clone();
         let fetch =
             tokio::spawn(async move { p.fetch_orchestration_item(LOCK, LONG_POLL, None).await });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
         fetch.abort();
         assert!(fetch.await.unwrap_err().is_cancelled());
     }
@@ -220,7 +220,15 @@ async fn without_long_polling_no_listener_connection_is_opened() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_turn_hands_a_new_activity_to_a_waiting_local_worker() {
     let db = TestDb::new().await;
-    let provider = Arc::new(db.provider().await);
+    let app = format!("dx-handoff-{}", db.schema);
+    let provider = Arc::new(
+        duroxide_diesel::PostgresProvider::builder(&db.url)
+            .schema(&db.schema)
+            .application_name(&app)
+            .build()
+            .await
+            .unwrap(),
+    );
 
     let p = provider.clone();
     let waiting = tokio::spawn(async move {
@@ -228,8 +236,19 @@ async fn a_turn_hands_a_new_activity_to_a_waiting_local_worker() {
             .await
     });
     wait_for_listener(&db).await;
-    // Let the fetch find the queue empty and start waiting.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Wait until the fetch has found the queue empty (its statement finished
+    // on the pooled connection); it registers as a waiter right after.
+    let attempted = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}' \
+         AND query LIKE '%dx_fetch_work%' AND state = 'idle'"
+    );
+    for _ in 0..400 {
+        if db.scalar(&attempted).await.as_deref() == Some("1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
 
     provider
         .enqueue_for_orchestrator(start_item("handoff"), None)
