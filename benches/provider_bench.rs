@@ -1570,36 +1570,23 @@ async fn run(cfg: Config) -> Res<()> {
     let report = |section: char, err: String| {
         println!("({section}) FAILED: {err}\n");
     };
-    if cfg.wants('a') {
-        match section_a(&url, &cfg).await {
-            Ok(v) => results.a = Some(v),
-            Err(err) => report('a', err),
-        }
+    // Runs one section when selected; a failed section is reported and the
+    // others still run.
+    macro_rules! run_section {
+        ($letter:literal, $field:ident, $call:expr) => {
+            if cfg.wants($letter) {
+                match $call.await {
+                    Ok(v) => results.$field = Some(v),
+                    Err(err) => report($letter, err),
+                }
+            }
+        };
     }
-    if cfg.wants('b') {
-        match section_b(&url, &cfg).await {
-            Ok(v) => results.b = Some(v),
-            Err(err) => report('b', err),
-        }
-    }
-    if cfg.wants('c') {
-        match section_c(&url, &cfg).await {
-            Ok(v) => results.c = Some(v),
-            Err(err) => report('c', err),
-        }
-    }
-    if cfg.wants('d') {
-        match section_d(&url, &cfg).await {
-            Ok(v) => results.d = Some(v),
-            Err(err) => report('d', err),
-        }
-    }
-    if cfg.wants('e') {
-        match section_e(&url).await {
-            Ok(v) => results.e = Some(v),
-            Err(err) => report('e', err),
-        }
-    }
+    run_section!('a', a, section_a(&url, &cfg));
+    run_section!('b', b, section_b(&url, &cfg));
+    run_section!('c', c, section_c(&url, &cfg));
+    run_section!('d', d, section_d(&url, &cfg));
+    run_section!('e', e, section_e(&url));
     print_targets(&results);
     println!(
         "total benchmark time: {:.0} s",

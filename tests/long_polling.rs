@@ -13,6 +13,28 @@ use duroxide::providers::{Provider, TagFilter, WorkItem};
 const LOCK: Duration = Duration::from_secs(30);
 const LONG_POLL: Duration = Duration::from_secs(20);
 
+/// A worker fetch running in the background.
+type WorkFetch = tokio::task::JoinHandle<
+    Result<Option<(WorkItem, String, u32)>, duroxide::providers::ProviderError>,
+>;
+
+/// A long-polling worker fetch running in the background.
+fn spawn_work_fetch(provider: &Arc<duroxide_diesel::PostgresProvider>) -> WorkFetch {
+    let p = Arc::clone(provider);
+    tokio::spawn(async move {
+        p.fetch_work_item(LOCK, LONG_POLL, None, &TagFilter::default())
+            .await
+    })
+}
+
+/// Awaits a background work fetch and returns the activity id it got.
+async fn fetched_activity(fetch: WorkFetch, what: &str) -> u64 {
+    match fetch.await.unwrap().unwrap() {
+        Some((WorkItem::ActivityExecute { id, .. }, _, _)) => id,
+        other => panic!("{what}: expected an activity, got {other:?}"),
+    }
+}
+
 /// The `pg_stat_activity` condition matching this test schema's listener.
 fn listener_of(db: &TestDb) -> String {
     format!(
@@ -66,21 +88,15 @@ async fn enqueue_from_another_provider_wakes_a_waiting_fetch() {
         "returned on the notification, not the poll timeout"
     );
 
-    let w = waiter.clone();
-    let fetch = tokio::spawn(async move {
-        w.fetch_work_item(LOCK, LONG_POLL, None, &TagFilter::default())
-            .await
-    });
+    let fetch = spawn_work_fetch(&waiter);
     other
         .enqueue_for_worker(activity_item("lp", 1))
         .await
         .unwrap();
-    let got = fetch
-        .await
-        .unwrap()
-        .unwrap()
-        .expect("worker woken with the new item");
-    assert!(matches!(got.0, WorkItem::ActivityExecute { id: 1, .. }));
+    assert_eq!(
+        fetched_activity(fetch, "worker woken with the new item").await,
+        1
+    );
 
     drop((waiter, other));
     db.cleanup().await;
@@ -143,11 +159,7 @@ async fn waiters_survive_a_lost_listener_connection() {
     let other = db.provider().await;
 
     // Start the listener, then kill its connection server-side.
-    let p = provider.clone();
-    let warm = tokio::spawn(async move {
-        p.fetch_work_item(LOCK, LONG_POLL, None, &TagFilter::default())
-            .await
-    });
+    let warm = spawn_work_fetch(&provider);
     wait_for_listener(&db).await;
     let killed = db
         .scalar(&format!(
@@ -162,30 +174,19 @@ async fn waiters_survive_a_lost_listener_connection() {
         .enqueue_for_worker(activity_item("lp", 7))
         .await
         .unwrap();
-    let got = warm
-        .await
-        .unwrap()
-        .unwrap()
-        .expect("delivered despite the lost listener");
-    assert!(matches!(got.0, WorkItem::ActivityExecute { id: 7, .. }));
+    assert_eq!(
+        fetched_activity(warm, "delivered despite the lost listener").await,
+        7
+    );
 
     // And the listener comes back.
     wait_for_listener(&db).await;
-    let p = provider.clone();
-    let fetch = tokio::spawn(async move {
-        p.fetch_work_item(LOCK, LONG_POLL, None, &TagFilter::default())
-            .await
-    });
+    let fetch = spawn_work_fetch(&provider);
     other
         .enqueue_for_worker(activity_item("lp", 8))
         .await
         .unwrap();
-    let got = fetch
-        .await
-        .unwrap()
-        .unwrap()
-        .expect("woken after reconnect");
-    assert!(matches!(got.0, WorkItem::ActivityExecute { id: 8, .. }));
+    assert_eq!(fetched_activity(fetch, "woken after reconnect").await, 8);
 
     drop((provider, other));
     db.cleanup().await;
@@ -230,11 +231,7 @@ async fn a_turn_hands_a_new_activity_to_a_waiting_local_worker() {
             .unwrap(),
     );
 
-    let p = provider.clone();
-    let waiting = tokio::spawn(async move {
-        p.fetch_work_item(LOCK, LONG_POLL, None, &TagFilter::default())
-            .await
-    });
+    let waiting = spawn_work_fetch(&provider);
     wait_for_listener(&db).await;
     // Wait until the fetch has found the queue empty (its statement finished
     // on the pooled connection); it registers as a waiter right after.

@@ -183,6 +183,16 @@ pub(crate) struct ClaimedWork {
     pub item: Value,
 }
 
+/// Result of `dx_ack_orchestration`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct AckOutcome {
+    /// `ok`, or `lock_lost` when the token is unknown or expired.
+    pub status: String,
+    /// Lock token of the activity claimed for a waiting local worker.
+    #[serde(default)]
+    pub claimed: Option<String>,
+}
+
 /// Either a claimed value or an idle answer.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]

@@ -12,7 +12,7 @@ use duroxide::providers::{
 };
 use serde_json::{Value, json};
 
-use super::codec::{self, ClaimedOrchestration, Fetched};
+use super::codec::{self, AckOutcome, ClaimedOrchestration, Fetched};
 use crate::error::{Error, Result};
 use crate::procedures::*;
 use crate::{PostgresProvider, pool};
@@ -140,21 +140,20 @@ pub(crate) async fn ack(
         "parent_instance_id": metadata.parent_instance_id,
         "pinned_version": metadata.pinned_duroxide_version.as_ref().map(|v| [v.major, v.minor, v.patch]),
     });
-    let cancelled_ids = cancelled;
-    let cancelled: Vec<Value> = cancelled
+    let cancelled_docs: Vec<Value> = cancelled
         .iter()
         .map(|a| json!({ "instance": a.instance, "execution_id": a.execution_id, "activity_id": a.activity_id }))
         .collect();
 
     // A worker of this process waiting for work gets one of the new
     // activities claimed for it by this same statement.
-    let claim = p.worker_waiters.claim(worker_items, cancelled_ids);
+    let claim = p.worker_waiters.claim(worker_items, cancelled);
     let claim_doc = claim
         .as_ref()
         .map(|c| json!({ "index": c.index, "lock_ms": codec::millis(c.lock_timeout) }));
 
     let mut conn = pool::get(&p.pool).await?;
-    let outcome: Value = select(dx_ack_orchestration(
+    let doc: Value = select(dx_ack_orchestration(
         lock_token,
         execution_id,
         history,
@@ -163,21 +162,21 @@ pub(crate) async fn ack(
         metadata,
         codec::custom_status_change(history_delta),
         codec::kv_ops(history_delta),
-        Value::Array(cancelled),
+        Value::Array(cancelled_docs),
         claim_doc,
     ))
     .get_result(&mut conn)
     .await?;
     drop(conn);
-    if outcome.get("status").and_then(Value::as_str) != Some("ok") {
+    let outcome: AckOutcome = codec::from_json(doc, "ack result")?;
+    if outcome.status != "ok" {
         return Err(Error::LockLost);
     }
-    let claimed = outcome.get("claimed").and_then(Value::as_str);
     let item = claim
         .as_ref()
         .and_then(|c| worker_items.get(c.index).cloned());
-    if let (Some(claim), Some(token), Some(item)) = (claim, claimed, item) {
-        if let Err(token) = claim.deliver(item, token.to_owned()) {
+    if let (Some(claim), Some(token), Some(item)) = (claim, outcome.claimed, item) {
+        if let Err(token) = claim.deliver(item, token) {
             // The waiter left meanwhile: make the activity fetchable again.
             super::worker::abandon(p, &token, None, true).await?;
         }
