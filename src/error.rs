@@ -7,11 +7,25 @@ use duroxide::providers::ProviderError;
 
 /// Everything that can go wrong in this provider.
 ///
-/// Every variant is classified as retryable (the same call may succeed later:
-/// lost connection, serialization failure, deadlock, pool or statement
-/// timeout) or permanent (bad input, bad data, constraint violation, invalid
-/// lock token); see [`Error::is_retryable`].
+/// # Retryable or permanent
+///
+/// duroxide retries a call that fails with a retryable error and gives up on
+/// (for an ack: fails the orchestration for) a permanent one. The split uses
+/// only facts this crate owns, never the server's message text, which is
+/// translated when the server's `lc_messages` is not English:
+///
+/// | failure | class | why |
+/// |---|---|---|
+/// | connection refused, reset, closed by the server (restart, `pg_terminate_backend`, failover), TLS or I/O error | retryable | the next connection may work |
+/// | no reply within the call's time limit ([`Error::Timeout`]), connect timeout, no free pooled connection | retryable | the connection is discarded; the next one may work |
+/// | serialization failure, read-only transaction (a standby during failover) | retryable | transient by definition |
+/// | any other error reported by the server: deadlock, lock or statement timeout, disk full, out of memory, too many connections, ... | retryable | diesel-async does not expose SQLSTATE, so these cannot be told apart from each other; input is validated in Rust before it is sent (see [`Error::Data`]), so a valid call is never refused by the server for its data, and a bounded retry (duroxide counts attempts and poisons a message that keeps failing) is safer than failing a workflow |
+/// | unique, foreign-key, not-null, check, exclusion violations | permanent | the same call would violate the same constraint |
+/// | invalid lock token ([`Error::LockLost`]) | permanent | the lock is gone for good |
+/// | invalid data, options, URL or schema name; a row that does not decode | permanent | the same input fails the same way |
+/// | migration failure | permanent | needs an operator |
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The schema name is not a plain lowercase SQL identifier.
     #[error("invalid schema name {name:?}: {reason}")]
@@ -29,6 +43,14 @@ pub enum Error {
     /// An option passed to the builder is out of range.
     #[error("invalid option: {0}")]
     InvalidOption(String),
+
+    /// The call did not finish within its time limit (`call_timeout` or
+    /// `admin_call_timeout`); a connection it was using was closed, since
+    /// its reply may still be in flight or its peer may be gone.
+    #[error(
+        "the call did not finish within {0:?} (no reply from PostgreSQL, or no connection); a connection it was using was closed"
+    )]
+    Timeout(Duration),
 
     /// A connection to the server could not be established.
     #[error("could not connect to PostgreSQL: {0}")]
@@ -64,7 +86,9 @@ impl Error {
     /// Whether retrying the same operation later may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Connect(_) | Error::ConnectTimeout(_) | Error::Pool(_) => true,
+            Error::Connect(_) | Error::ConnectTimeout(_) | Error::Pool(_) | Error::Timeout(_) => {
+                true
+            }
             Error::Database(e) => diesel_error_is_retryable(e),
             Error::InvalidSchemaName { .. }
             | Error::InvalidUrl(_)
@@ -73,6 +97,15 @@ impl Error {
             | Error::Data(_)
             | Error::LockLost => false,
         }
+    }
+
+    /// Whether the failure happened before any statement was sent (no
+    /// connection could be had), so the call certainly changed nothing.
+    pub(crate) fn is_before_send(&self) -> bool {
+        matches!(
+            self,
+            Error::Connect(_) | Error::ConnectTimeout(_) | Error::Pool(_)
+        )
     }
 
     /// Converts into duroxide's error type, tagged with the failed operation.
@@ -87,31 +120,87 @@ impl Error {
 
 fn diesel_error_is_retryable(e: &DieselError) -> bool {
     match e {
-        DieselError::DatabaseError(kind, info) => match kind {
-            DatabaseErrorKind::SerializationFailure | DatabaseErrorKind::ClosedConnection => true,
+        DieselError::DatabaseError(kind, _) => !matches!(
+            kind,
             DatabaseErrorKind::UniqueViolation
-            | DatabaseErrorKind::ForeignKeyViolation
-            | DatabaseErrorKind::NotNullViolation
-            | DatabaseErrorKind::CheckViolation
-            | DatabaseErrorKind::ReadOnlyTransaction => false,
-            _ => {
-                // SQLSTATEs diesel does not classify: deadlock (40P01),
-                // statement timeout / cancel (57014), admin shutdown (57P01),
-                // lock timeout (55P03), too many connections (53300).
-                let msg = info.message();
-                msg.contains("deadlock detected")
-                    || msg.contains("canceling statement")
-                    || msg.contains("terminating connection")
-                    || msg.contains("lock timeout")
-                    || msg.contains("could not obtain lock")
-                    || msg.contains("too many clients")
-                    || msg.contains("connection")
-            }
-        },
-        DieselError::BrokenTransactionManager => true,
+                | DatabaseErrorKind::ForeignKeyViolation
+                | DatabaseErrorKind::NotNullViolation
+                | DatabaseErrorKind::CheckViolation
+                | DatabaseErrorKind::RestrictViolation
+                | DatabaseErrorKind::ExclusionViolation
+        ),
+        // The outcome of the commit is unknown, or the connection's
+        // transaction state is: a new connection may succeed.
+        DieselError::BrokenTransactionManager | DieselError::RollbackErrorOnCommit { .. } => true,
         _ => false,
     }
 }
 
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db(kind: DatabaseErrorKind) -> Error {
+        Error::Database(DieselError::DatabaseError(
+            kind,
+            Box::new("message text in any language".to_owned()),
+        ))
+    }
+
+    #[test]
+    fn server_and_network_failures_are_retryable_whatever_the_message() {
+        for kind in [
+            DatabaseErrorKind::Unknown,
+            DatabaseErrorKind::SerializationFailure,
+            DatabaseErrorKind::ReadOnlyTransaction,
+            DatabaseErrorKind::ClosedConnection,
+            DatabaseErrorKind::UnableToSendCommand,
+        ] {
+            assert!(db(kind).is_retryable(), "{kind:?}");
+        }
+        for e in [
+            Error::Timeout(Duration::from_secs(1)),
+            Error::ConnectTimeout(Duration::from_secs(1)),
+            Error::Connect("refused".into()),
+            Error::Pool("busy".into()),
+            Error::Database(DieselError::BrokenTransactionManager),
+        ] {
+            assert!(e.is_retryable(), "{e}");
+        }
+    }
+
+    #[test]
+    fn constraint_violations_and_own_verdicts_are_permanent() {
+        for kind in [
+            DatabaseErrorKind::UniqueViolation,
+            DatabaseErrorKind::ForeignKeyViolation,
+            DatabaseErrorKind::NotNullViolation,
+            DatabaseErrorKind::CheckViolation,
+            DatabaseErrorKind::RestrictViolation,
+            DatabaseErrorKind::ExclusionViolation,
+        ] {
+            assert!(!db(kind).is_retryable(), "{kind:?}");
+        }
+        for e in [
+            Error::LockLost,
+            Error::Data("bad".into()),
+            Error::InvalidOption("x".into()),
+            Error::Migration("x".into()),
+            Error::Database(DieselError::NotFound),
+        ] {
+            assert!(!e.is_retryable(), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_message_mentioning_connections_does_not_make_an_error_retryable() {
+        let e = Error::Database(DieselError::DatabaseError(
+            DatabaseErrorKind::CheckViolation,
+            Box::new("connection terminated deadlock detected".to_owned()),
+        ));
+        assert!(!e.is_retryable());
+    }
+}

@@ -10,6 +10,11 @@
 //!   provider is created, safely when many processes start at once.
 //! * Each provider lives in one PostgreSQL schema, so tenants can share a
 //!   database.
+//! * Faults are bounded: every call has a time limit
+//!   ([`PostgresProviderBuilder::call_timeout`]), a dead or silent connection
+//!   is retired and never handed out again, failures before anything is sent
+//!   are retried inside the call, and errors are classified retryable or
+//!   permanent without reading the server's messages (see [`Error`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), duroxide_diesel::Error> {
@@ -44,14 +49,65 @@ pub use error::{Error, Result};
 pub use migrate::MIGRATIONS;
 pub use options::{DEFAULT_SCHEMA, Options};
 
+/// Name of the stand-in activity handed to the runtime for a worker-queue
+/// row that no longer decodes (see [`PostgresProvider`], "Rows that no
+/// longer decode"). Do not register an activity under this name.
+pub const UNDECODABLE_ACTIVITY: &str = "duroxide-diesel/undecodable-work-item";
+
 /// A duroxide provider storing orchestrations, history and queues in PostgreSQL.
 ///
 /// Create it with [`PostgresProvider::new`], [`PostgresProvider::new_with_schema`]
 /// or [`PostgresProvider::builder`]; it implements both
 /// [`Provider`](duroxide::providers::Provider) and
 /// [`ProviderAdmin`](duroxide::providers::ProviderAdmin).
+///
+/// # Payloads
+///
+/// Inputs, outputs, results, custom status, key-value entries, instance ids,
+/// names and tags are stored verbatim, whatever their quotes, backslashes or
+/// non-ASCII characters, with one exception: PostgreSQL cannot store the
+/// character U+0000 (NUL) in `text` or `jsonb`. Values holding it are refused
+/// in Rust before anything is sent, with an [`Error::Data`] that names the
+/// value and never quotes it, and always affect one activity or one
+/// orchestration only:
+///
+/// * enqueueing a message (starting an orchestration, raising an event)
+///   fails with that error, which duroxide reports to the caller;
+/// * an activity result or error holding U+0000 is stored as an application
+///   failure of that activity ("activity result contains U+0000 (NUL), which
+///   PostgreSQL cannot store"), once: the orchestration sees it like any
+///   other activity failure;
+/// * an orchestration turn holding U+0000 (output, custom status, a
+///   key-value key or value, an activity input, any event) is refused as a
+///   permanent error, which duroxide turns into a failure of that
+///   orchestration; the failure it then commits is storable, so the instance
+///   ends `Failed` with the reason as its output.
+///
+/// Lengths are unlimited except where PostgreSQL indexes the text: an
+/// instance id, or an instance id and a key-value key together, longer than
+/// 2600 bytes is refused the same way (a btree entry holds about 2700 bytes,
+/// and whether a longer value fits depends on how well it compresses).
+///
+/// # Rows that no longer decode
+///
+/// A queued row that does not decode (written by a newer duroxide during a
+/// rolling upgrade, or edited by hand) reaches duroxide's poison handling
+/// with its attempt count instead of reappearing after every lock expiry:
+///
+/// * an orchestrator message is reported in the turn's `history_error`, like
+///   undecodable history: the runtime abandons the turn with a delay, and
+///   once the attempts exceed its `max_attempts` fails the instance as poison,
+///   deleting the message. A message sent to an execution that already
+///   completed or failed is dropped with that batch (and logged).
+/// * an activity is handed to the runtime as a stand-in named
+///   [`UNDECODABLE_ACTIVITY`] for the same instance and activity id, with the
+///   decode error and the stored document as input. No worker runs it: the
+///   runtime abandons it with a growing delay and, past `max_attempts`,
+///   completes it as a poisoned activity, which fails the orchestration with
+///   the poison details. A row that names no activity is deleted and logged
+///   with its stored document.
 pub struct PostgresProvider {
-    pool: pool::Pool,
+    db: pool::Db,
     options: Options,
     connector: pool::Connector,
     /// Listener for long polling, started by the first fetch that waits.
@@ -128,10 +184,54 @@ impl PostgresProviderBuilder {
         self
     }
 
-    /// Timeout for opening a connection and for waiting on a free pooled
-    /// connection (default 10 s).
+    /// Time limit for opening one connection: TCP, TLS, authentication and
+    /// session setup (default 5 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.options.connect_timeout = timeout;
+        self
+    }
+
+    /// Time limit of one `Provider` call as a whole: waiting for a pooled
+    /// connection, reconnecting, and the statement (default 5 s). Past it
+    /// the call fails with the retryable [`Error::Timeout`] and its
+    /// connection is closed, so a silent peer (a black-holed network, a
+    /// failed-over host) costs one call this long, never a hang. Keep it
+    /// above the slowest statement you expect; a fetch that waits for work
+    /// (long polling) applies it to each query, not to the wait.
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.options.call_timeout = timeout;
+        self
+    }
+
+    /// Time limit of one `ProviderAdmin` call (default 60 s): bulk deletes
+    /// and pruning may legitimately run longer than hot-path calls.
+    pub fn admin_call_timeout(mut self, timeout: Duration) -> Self {
+        self.options.admin_call_timeout = timeout;
+        self
+    }
+
+    /// TCP keepalive: after `idle` without traffic the kernel probes the
+    /// peer (every idle/2, three times) and drops a dead connection
+    /// (default 10 s; `None` = the URL's or the system's setting).
+    pub fn tcp_keepalive(mut self, idle: Option<Duration>) -> Self {
+        self.options.tcp_keepalive = idle;
+        self
+    }
+
+    /// `TCP_USER_TIMEOUT` (Linux): a connection whose sent data stays
+    /// unacknowledged this long is dropped (default 10 s; `None` = the URL's
+    /// or the system's setting).
+    pub fn tcp_user_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.options.tcp_user_timeout = timeout;
+        self
+    }
+
+    /// How often the long-polling LISTEN connection proves it is alive with
+    /// a query (default 10 s). A listener that misses its heartbeat, or that
+    /// is suspected because a pooled call found a dead connection, is
+    /// replaced; meanwhile waiting fetches poll every 250 ms.
+    pub fn listener_heartbeat(mut self, interval: Duration) -> Self {
+        self.options.listener_heartbeat = interval;
         self
     }
 
@@ -157,11 +257,13 @@ impl PostgresProviderBuilder {
         self
     }
 
-    /// Verify the server's TLS certificate (chain and host name) against this
-    /// CA certificate, PEM-encoded. Without it, connections that use TLS
-    /// (`sslmode=prefer`, the default, or `require`) are encrypted but the
-    /// certificate is not verified, as with libpq's `prefer` / `require`.
-    /// `sslmode=disable` in the URL turns TLS off.
+    /// Verify the server's TLS certificate against this CA certificate,
+    /// PEM-encoded (it takes precedence over the URL's `sslrootcert`). With a
+    /// CA, TLS is required and verified: chain and host name
+    /// (`verify-full`), or the chain only if the URL says
+    /// `sslmode=verify-ca`; a server that declines TLS is refused. Without
+    /// any CA, `sslmode=prefer` (the default) and `require` encrypt without
+    /// verifying, as libpq does. See the crate's README for the full table.
     pub fn tls_ca_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.options.tls_ca_pem = Some(pem.into());
         self
@@ -175,10 +277,10 @@ impl PostgresProviderBuilder {
         let Self { url, options } = self;
         options.validate()?;
         let connector = pool::Connector::new(&url, &options)?;
-        migrate::run(&connector, &options.schema).await?;
-        let pool = pool::build(&connector, &options).await?;
+        migrate::run(&connector, &options.schema, options.admin_call_timeout).await?;
+        let db = pool::Db::new(&connector, &options);
         Ok(PostgresProvider {
-            pool,
+            db,
             options,
             connector,
             wakeups: std::sync::OnceLock::new(),

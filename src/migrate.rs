@@ -4,6 +4,8 @@
 //! whole check-and-apply runs under a transaction-independent advisory lock
 //! keyed by the schema name.
 
+use std::time::Duration;
+
 use diesel_async::AsyncPgConnection;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
@@ -19,7 +21,12 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 /// diesel's migration harness is synchronous, so it runs on a dedicated thread
 /// with its own single-threaded runtime: this works from any caller runtime
 /// (including current-thread test runtimes) and keeps the caller's future `Send`.
-pub(crate) async fn run(connector: &Connector, schema: &str) -> Result<()> {
+///
+/// Every lock wait (the advisory lock another starting process holds while
+/// it migrates, and the migrations' own DDL locks) is bounded by
+/// `lock_timeout`; a dead server is noticed by the connection's TCP
+/// keepalive and user timeout.
+pub(crate) async fn run(connector: &Connector, schema: &str, lock_timeout: Duration) -> Result<()> {
     let connector = connector.clone();
     let schema = schema.to_owned();
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -30,7 +37,7 @@ pub(crate) async fn run(connector: &Connector, schema: &str) -> Result<()> {
                 .enable_all()
                 .build()
                 .map_err(|e| Error::Migration(e.to_string()))
-                .and_then(|rt| rt.block_on(apply(&connector, &schema)));
+                .and_then(|rt| rt.block_on(apply(&connector, &schema, lock_timeout)));
             let _ = tx.send(result);
         })
         .map_err(|e| Error::Migration(format!("could not start migration thread: {e}")))?;
@@ -38,7 +45,7 @@ pub(crate) async fn run(connector: &Connector, schema: &str) -> Result<()> {
         .map_err(|_| Error::Migration("migration thread stopped unexpectedly".into()))?
 }
 
-async fn apply(connector: &Connector, schema: &str) -> Result<()> {
+async fn apply(connector: &Connector, schema: &str, lock_timeout: Duration) -> Result<()> {
     use diesel_async::SimpleAsyncConnection;
 
     // The schema may not exist yet, so the session setup (which names it)
@@ -48,10 +55,16 @@ async fn apply(connector: &Connector, schema: &str) -> Result<()> {
     // schemas migrate in parallel. Session-level: released on unlock or disconnect.
     let lock = format!("SELECT pg_advisory_lock(hashtext('duroxide-diesel:{schema}'))");
     conn.batch_execute(&format!(
-        "{lock}; CREATE SCHEMA IF NOT EXISTS \"{schema}\"; {}",
+        "SET lock_timeout = {}; {lock}; CREATE SCHEMA IF NOT EXISTS \"{schema}\"; {}",
+        lock_timeout.as_millis(),
         connector.setup_sql()
     ))
-    .await?;
+    .await
+    .map_err(|e| {
+        Error::Migration(format!(
+            "could not take the migration lock of schema {schema}: {e}"
+        ))
+    })?;
     let (conn, result) = tokio::task::spawn_blocking(move || {
         let mut wrapper: AsyncConnectionWrapper<AsyncPgConnection> =
             AsyncConnectionWrapper::from(conn);

@@ -18,6 +18,11 @@ pub struct Options {
     pub(crate) application_name: Option<String>,
     pub(crate) long_polling: bool,
     pub(crate) tls_ca_pem: Option<Vec<u8>>,
+    pub(crate) call_timeout: Duration,
+    pub(crate) admin_call_timeout: Duration,
+    pub(crate) tcp_keepalive: Option<Duration>,
+    pub(crate) tcp_user_timeout: Option<Duration>,
+    pub(crate) listener_heartbeat: Duration,
 }
 
 impl std::fmt::Debug for Options {
@@ -30,6 +35,11 @@ impl std::fmt::Debug for Options {
             .field("application_name", &self.application_name)
             .field("long_polling", &self.long_polling)
             .field("tls_ca_certificate", &self.tls_ca_pem.is_some())
+            .field("call_timeout", &self.call_timeout)
+            .field("admin_call_timeout", &self.admin_call_timeout)
+            .field("tcp_keepalive", &self.tcp_keepalive)
+            .field("tcp_user_timeout", &self.tcp_user_timeout)
+            .field("listener_heartbeat", &self.listener_heartbeat)
             .finish()
     }
 }
@@ -39,11 +49,16 @@ impl Default for Options {
         Self {
             schema: DEFAULT_SCHEMA.to_owned(),
             max_connections: 10,
-            connect_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
             statement_timeout: None,
             application_name: None,
             long_polling: true,
             tls_ca_pem: None,
+            call_timeout: Duration::from_secs(5),
+            admin_call_timeout: Duration::from_secs(60),
+            tcp_keepalive: Some(Duration::from_secs(10)),
+            tcp_user_timeout: Some(Duration::from_secs(10)),
+            listener_heartbeat: Duration::from_secs(10),
         }
     }
 }
@@ -79,6 +94,31 @@ impl Options {
         self.long_polling
     }
 
+    /// Time limit of one `Provider` call, checkout and reconnects included.
+    pub fn call_timeout(&self) -> Duration {
+        self.call_timeout
+    }
+
+    /// Time limit of one `ProviderAdmin` call.
+    pub fn admin_call_timeout(&self) -> Duration {
+        self.admin_call_timeout
+    }
+
+    /// TCP keepalive idle time, if keepalive is on.
+    pub fn tcp_keepalive(&self) -> Option<Duration> {
+        self.tcp_keepalive
+    }
+
+    /// `TCP_USER_TIMEOUT` of every connection, if set.
+    pub fn tcp_user_timeout(&self) -> Option<Duration> {
+        self.tcp_user_timeout
+    }
+
+    /// How often the LISTEN connection proves it is alive.
+    pub fn listener_heartbeat(&self) -> Duration {
+        self.listener_heartbeat
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
         validate_schema_name(&self.schema)?;
         if self.max_connections == 0 {
@@ -89,6 +129,27 @@ impl Options {
         if self.connect_timeout.is_zero() {
             return Err(Error::InvalidOption(
                 "connect_timeout must be greater than zero".into(),
+            ));
+        }
+        for (name, value) in [
+            ("call_timeout", Some(self.call_timeout)),
+            ("admin_call_timeout", Some(self.admin_call_timeout)),
+            ("listener_heartbeat", Some(self.listener_heartbeat)),
+            ("tcp_keepalive", self.tcp_keepalive),
+            ("tcp_user_timeout", self.tcp_user_timeout),
+        ] {
+            if value.is_some_and(|t| t.as_millis() == 0) {
+                return Err(Error::InvalidOption(format!(
+                    "{name} must be at least 1 ms"
+                )));
+            }
+        }
+        if self
+            .tcp_keepalive
+            .is_some_and(|t| t < Duration::from_secs(1))
+        {
+            return Err(Error::InvalidOption(
+                "tcp_keepalive must be at least 1 s (the kernel counts in seconds)".into(),
             ));
         }
         if self.statement_timeout.is_some_and(|t| t.as_millis() == 0) {

@@ -1,26 +1,44 @@
-//! The bb8 pool of diesel-async connections and per-connection setup.
+//! Connections: how they are opened, pooled, handed out and retired.
+//!
+//! Invariants this module keeps, so no caller has to:
+//!
+//! * **Bounded.** Opening a connection is bounded by `connect_timeout`; a
+//!   checkout by the caller's [`Budget`]; every provider call as a whole by
+//!   the same budget (see [`bounded`]). TCP keepalive and `tcp_user_timeout`
+//!   make the kernel notice a dead peer while a connection is idle or
+//!   writing.
+//! * **No broken connection is handed out.** A checkout checks, without a
+//!   round trip, that the connection's socket task is still alive and that
+//!   the connection is not retired (below); if not it is discarded and
+//!   another one is taken.
+//! * **A connection left mid-statement is retired.** Every statement's start
+//!   and finish is counted (diesel instrumentation); a connection whose call
+//!   was dropped half-way (it timed out, or the caller's future was dropped)
+//!   is closed instead of reused, since a reply may still be in flight on it
+//!   or its peer may be gone.
+//! * **Failures before the statement is sent are retried.** When opening a
+//!   connection fails, a checkout retries with backoff until its budget runs
+//!   out, and only then reports the last failure: nothing was sent, so this
+//!   is safe for every call.
 
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 
-use diesel_async::pooled_connection::{
-    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
-};
-use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
-use futures_util::FutureExt;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use diesel::connection::InstrumentationEvent;
+use diesel_async::pooled_connection::PoolableConnection;
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_postgres::NoTls;
 use tokio_postgres::config::SslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::error::{Error, Result};
 use crate::options::Options;
-
-/// The pool type used by the provider.
-pub(crate) type Pool = bb8::Pool<AsyncDieselConnectionManager<AsyncPgConnection>>;
-/// A connection checked out of [`Pool`].
-pub(crate) type PooledConn<'a> =
-    bb8::PooledConnection<'a, AsyncDieselConnectionManager<AsyncPgConnection>>;
 
 /// Parses the URL the way the driver will, so a malformed URL fails up front
 /// with a clear message instead of on first use.
@@ -59,11 +77,26 @@ pub(crate) struct Connector {
 
 impl Connector {
     pub(crate) fn new(url: &str, options: &Options) -> Result<Self> {
+        let tls = crate::tls::settings(url, options.tls_ca_pem.as_deref())?;
+        let mut config = parse_url(&tls.url)?;
+        config.ssl_mode(tls.ssl_mode);
+        if let Some(idle) = options.tcp_keepalive {
+            // Probes every idle/2, three of them: a silent peer is dropped
+            // about 2.5 x idle after the connection last heard from it.
+            config
+                .keepalives(true)
+                .keepalives_idle(idle)
+                .keepalives_interval((idle / 2).max(Duration::from_secs(1)))
+                .keepalives_retries(3);
+        }
+        if let Some(timeout) = options.tcp_user_timeout {
+            config.tcp_user_timeout(timeout);
+        }
         Ok(Self {
-            config: parse_url(url)?,
+            config,
             setup_sql: session_setup_sql(options).into(),
             timeout: options.connect_timeout,
-            tls: crate::tls::client_config(options.tls_ca_pem.as_deref())?,
+            tls: tls.config,
         })
     }
 
@@ -109,36 +142,317 @@ fn connect_error(e: tokio_postgres::Error) -> Error {
     }
 }
 
-/// Builds the pool. Connections are opened lazily and never pinged on
-/// checkout: a hot-path call costs exactly its own statement.
-pub(crate) async fn build(connector: &Connector, options: &Options) -> Result<Pool> {
-    let mut config = ManagerConfig::<AsyncPgConnection>::default();
-    config.recycling_method = RecyclingMethod::Fast;
-    let connector = connector.clone();
-    config.custom_setup = Box::new(move |_url| {
-        let connector = connector.clone();
-        async move {
-            connector.connect().await.map_err(|e| match e {
-                Error::Connect(msg) => diesel::ConnectionError::BadConnection(msg),
-                other => diesel::ConnectionError::BadConnection(other.to_string()),
-            })
-        }
-        .boxed()
-    });
-    // The URL is unused: connections come from `custom_setup`.
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config("", config);
-    let pool = bb8::Pool::builder()
-        .max_size(options.max_connections)
-        .min_idle(None)
-        .test_on_check_out(false)
-        .connection_timeout(options.connect_timeout)
-        .build(manager)
-        .await
-        .map_err(|e| Error::Pool(e.to_string()))?;
-    Ok(pool)
+/// Pauses between retries: doubling from a first pause up to a longest one.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Backoff {
+    first: Duration,
+    next: Duration,
+    max: Duration,
 }
 
-/// Checks out a connection, mapping pool failures into [`Error`].
-pub(crate) async fn get(pool: &Pool) -> Result<PooledConn<'_>> {
-    pool.get().await.map_err(|e| Error::Pool(e.to_string()))
+impl Backoff {
+    /// Retries of calls: 50 ms doubling to 500 ms, which bounds how long a
+    /// retrying call takes to notice that the database is back.
+    pub(crate) const CALL: Backoff =
+        Backoff::new(Duration::from_millis(50), Duration::from_millis(500));
+
+    pub(crate) const fn new(first: Duration, max: Duration) -> Self {
+        Self {
+            first,
+            next: first,
+            max,
+        }
+    }
+
+    /// The pause the next retry would take.
+    pub(crate) fn peek(&self) -> Duration {
+        self.next
+    }
+
+    /// The pause to take now; the following one doubles.
+    pub(crate) fn next(&mut self) -> Duration {
+        let pause = self.next;
+        self.next = (pause * 2).min(self.max);
+        pause
+    }
+
+    /// Back to the first pause, after a success.
+    pub(crate) fn reset(&mut self) {
+        self.next = self.first;
+    }
+}
+
+/// How long a call may take in all: checkout (including reconnects) plus
+/// its statements.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Budget {
+    /// `Provider` calls: `call_timeout`.
+    Call,
+    /// `ProviderAdmin` calls (bulk deletes, pruning, listings): `admin_call_timeout`.
+    Admin,
+}
+
+/// A pooled connection and the number of its statements that started but
+/// have not finished.
+pub(crate) struct DbConn {
+    conn: AsyncPgConnection,
+    in_flight: Arc<AtomicI64>,
+}
+
+impl DbConn {
+    fn new(mut conn: AsyncPgConnection) -> Self {
+        let in_flight = Arc::new(AtomicI64::new(0));
+        let counter = Arc::clone(&in_flight);
+        // diesel reports every statement's start and finish; a statement
+        // whose future was dropped (timeout, cancelled caller) never
+        // finishes, which is exactly what marks the connection unusable.
+        conn.set_instrumentation(move |event: InstrumentationEvent<'_>| match event {
+            InstrumentationEvent::StartQuery { .. } => {
+                counter.fetch_add(1, Ordering::AcqRel);
+            }
+            InstrumentationEvent::FinishQuery { .. } => {
+                counter.fetch_sub(1, Ordering::AcqRel);
+            }
+            _ => {}
+        });
+        Self { conn, in_flight }
+    }
+
+    /// Usable: the socket task is alive, no transaction is broken, and no
+    /// statement was left half-way (a reply may still be in flight, or the
+    /// peer may be gone).
+    fn usable(&mut self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0 && !self.conn.is_broken()
+    }
+}
+
+/// The bb8 manager: opens connections through the [`Connector`] and checks
+/// them without a round trip.
+struct Manager {
+    connector: Connector,
+}
+
+/// What the manager reports to bb8; never leaves this module.
+#[derive(Debug)]
+enum ManagerError {
+    /// An idle connection found unusable at checkout: bb8 discards it and
+    /// takes another, nothing failed.
+    Stale,
+    /// A connection could not be opened.
+    Connect(Error),
+}
+
+impl std::fmt::Display for ManagerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ManagerError::Stale => f.write_str("stale pooled connection"),
+            ManagerError::Connect(e) => e.fmt(f),
+        }
+    }
+}
+
+impl bb8::ManageConnection for Manager {
+    type Connection = DbConn;
+    type Error = ManagerError;
+
+    async fn connect(&self) -> Result<DbConn, ManagerError> {
+        let conn = self
+            .connector
+            .connect()
+            .await
+            .map_err(ManagerError::Connect)?;
+        Ok(DbConn::new(conn))
+    }
+
+    /// No round trip: see [`DbConn::usable`].
+    async fn is_valid(&self, conn: &mut DbConn) -> Result<(), ManagerError> {
+        if conn.usable() {
+            Ok(())
+        } else {
+            Err(ManagerError::Stale)
+        }
+    }
+
+    fn has_broken(&self, conn: &mut DbConn) -> bool {
+        !conn.usable()
+    }
+}
+
+/// What the pool reports about failed connection attempts.
+#[derive(Default)]
+struct ConnectFailures {
+    last: Mutex<Option<String>>,
+    notify: Notify,
+}
+
+/// Receives the errors bb8 cannot return to a caller (failed connection
+/// attempts) and wakes the checkouts waiting for that connection.
+#[derive(Clone)]
+struct FailureSink(Arc<ConnectFailures>);
+
+impl std::fmt::Debug for FailureSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FailureSink")
+    }
+}
+
+impl bb8::ErrorSink<ManagerError> for FailureSink {
+    fn sink(&self, error: ManagerError) {
+        let ManagerError::Connect(error) = error else {
+            return; // a discarded idle connection, not a failed attempt
+        };
+        if let Ok(mut last) = self.0.last.lock() {
+            *last = Some(error.to_string());
+        }
+        self.0.notify.notify_waiters();
+    }
+
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<ManagerError>> {
+        Box::new(self.clone())
+    }
+}
+
+/// The provider's connection pool; clones share it.
+#[derive(Clone)]
+pub(crate) struct Db {
+    pool: bb8::Pool<Manager>,
+    failures: Arc<ConnectFailures>,
+    call_timeout: Duration,
+    admin_timeout: Duration,
+    /// Bumped when a call hit a dead or silent connection, so the listener
+    /// can check its own connection at once.
+    faults: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Db {
+    /// Builds the pool. Connections are opened lazily and never pinged.
+    pub(crate) fn new(connector: &Connector, options: &Options) -> Self {
+        let failures = Arc::new(ConnectFailures::default());
+        let pool = bb8::Pool::builder()
+            .max_size(options.max_connections)
+            .min_idle(None)
+            // Checked without a round trip: see `Manager::is_valid`.
+            .test_on_check_out(true)
+            // One attempt per request; `Db::lease` retries with its own
+            // backoff and budget, and learns of failures at once.
+            .retry_connection(false)
+            .connection_timeout(options.admin_call_timeout)
+            .error_sink(Box::new(FailureSink(Arc::clone(&failures))))
+            .build_unchecked(Manager {
+                connector: connector.clone(),
+            });
+        Self {
+            pool,
+            failures,
+            call_timeout: options.call_timeout,
+            admin_timeout: options.admin_call_timeout,
+            faults: Arc::new(tokio::sync::watch::channel(0).0),
+        }
+    }
+
+    /// The time limit of a call under `budget`.
+    pub(crate) fn limit(&self, budget: Budget) -> Duration {
+        match budget {
+            Budget::Call => self.call_timeout,
+            Budget::Admin => self.admin_timeout,
+        }
+    }
+
+    /// Checks out a healthy connection within `budget`.
+    ///
+    /// A failed connection attempt is retried with backoff; when the budget
+    /// runs out, the last failure is reported (or pool exhaustion, if no
+    /// attempt failed).
+    pub(crate) async fn lease(&self, budget: Budget) -> Result<Lease<'_>> {
+        let limit = self.limit(budget);
+        let deadline = Instant::now() + limit;
+        let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
+        let mut last_failure: Option<String> = None;
+        loop {
+            let failed = self.failures.notify.notified();
+            let mut failed = std::pin::pin!(failed);
+            failed.as_mut().enable();
+            tokio::select! {
+                got = self.pool.get() => match got {
+                    Ok(conn) => return Ok(Lease { conn, db: self }),
+                    Err(bb8::RunError::User(e)) => last_failure = Some(e.to_string()),
+                    Err(bb8::RunError::TimedOut) => {}
+                },
+                _ = failed => {
+                    last_failure = self.failures.last.lock().ok().and_then(|l| l.clone());
+                }
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                self.report_fault();
+                return Err(match last_failure {
+                    Some(msg) => Error::Connect(msg),
+                    None => {
+                        Error::Pool(format!("no pooled connection became free within {limit:?}"))
+                    }
+                });
+            }
+            tokio::time::sleep(backoff.next().min(deadline - now)).await;
+        }
+    }
+
+    /// Tells whoever watches [`Db::faults`] that a connection was found dead
+    /// or silent.
+    pub(crate) fn report_fault(&self) {
+        self.faults.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Notified after each [`Db::report_fault`].
+    pub(crate) fn faults(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.faults.subscribe()
+    }
+}
+
+/// A connection checked out for one call; back to the pool when dropped,
+/// unless it is no longer usable (see [`DbConn::usable`]).
+pub(crate) struct Lease<'a> {
+    conn: bb8::PooledConnection<'a, Manager>,
+    db: &'a Db,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if !self.conn.usable() {
+            // Closed on its way back; the listener may be affected too.
+            self.db.report_fault();
+        }
+    }
+}
+
+impl std::ops::Deref for Lease<'_> {
+    type Target = AsyncPgConnection;
+
+    fn deref(&self) -> &AsyncPgConnection {
+        &self.conn.conn
+    }
+}
+
+impl std::ops::DerefMut for Lease<'_> {
+    fn deref_mut(&mut self) -> &mut AsyncPgConnection {
+        &mut self.conn.conn
+    }
+}
+
+/// Runs one whole provider call within `budget`. On timeout the call's
+/// future is dropped, so its lease (if any) closes its connection, and the
+/// fault is reported.
+pub(crate) async fn bounded<T, E: From<Error>>(
+    db: &Db,
+    budget: Budget,
+    call: impl std::future::Future<Output = std::result::Result<T, E>>,
+) -> std::result::Result<T, E> {
+    let limit = db.limit(budget);
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result,
+        Err(_) => {
+            db.report_fault();
+            Err(Error::Timeout(limit).into())
+        }
+    }
 }

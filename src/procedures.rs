@@ -30,8 +30,9 @@ define_sql_function! {
 }
 
 define_sql_function! {
-    /// Lock the next ready orchestration instance and return its turn.
+    /// Lock the next ready orchestration instance under `token` and return its turn.
     fn dx_fetch_orchestration(
+        token: Text,
         lock_ms: BigInt,
         min_version: Nullable<Array<Integer>>,
         max_version: Nullable<Array<Integer>>,
@@ -67,8 +68,9 @@ define_sql_function! {
 }
 
 define_sql_function! {
-    /// Lock the next matching activity execution.
+    /// Lock the next matching activity execution under `token`.
     fn dx_fetch_work(
+        token: Text,
         lock_ms: BigInt,
         owner_id: Nullable<Text>,
         session_lock_ms: BigInt,

@@ -19,10 +19,11 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::{codec, history as history_reads};
+use crate::PostgresProvider;
 use crate::error::Error;
+use crate::pool::{Budget, bounded};
 use crate::procedures::*;
 use crate::schema::{executions, history, instances, orchestrator_queue, worker_queue};
-use crate::{PostgresProvider, pool};
 
 /// Instances a bulk call considers when the filter sets no limit, as
 /// [`InstanceFilter::limit`] documents.
@@ -142,7 +143,7 @@ fn int_arg(v: u32) -> i32 {
 }
 
 async fn list_instances(p: &PostgresProvider) -> AdminResult<Vec<String>> {
-    let mut conn = pool::get(&p.pool).await?;
+    let mut conn = p.db.lease(Budget::Admin).await?;
     Ok(instances::table
         .order(instances::created_at.desc())
         .select(instances::instance_id)
@@ -151,7 +152,7 @@ async fn list_instances(p: &PostgresProvider) -> AdminResult<Vec<String>> {
 }
 
 async fn list_instances_by_status(p: &PostgresProvider, status: &str) -> AdminResult<Vec<String>> {
-    let mut conn = pool::get(&p.pool).await?;
+    let mut conn = p.db.lease(Budget::Admin).await?;
     Ok(instances::table
         .inner_join(executions::table.on(current_execution()))
         .filter(executions::status.eq(status))
@@ -162,7 +163,7 @@ async fn list_instances_by_status(p: &PostgresProvider, status: &str) -> AdminRe
 }
 
 async fn list_executions(p: &PostgresProvider, instance: &str) -> AdminResult<Vec<u64>> {
-    let mut conn = pool::get(&p.pool).await?;
+    let mut conn = p.db.lease(Budget::Admin).await?;
     let ids: Vec<i64> = executions::table
         .filter(executions::instance_id.eq(instance))
         .order(executions::execution_id.asc())
@@ -175,7 +176,7 @@ async fn list_executions(p: &PostgresProvider, instance: &str) -> AdminResult<Ve
 /// The highest recorded execution id, 1 when there is none (duroxide's
 /// convention for an instance that has not started yet).
 async fn latest_execution_id(p: &PostgresProvider, instance: &str) -> AdminResult<u64> {
-    let mut conn = pool::get(&p.pool).await?;
+    let mut conn = p.db.lease(Budget::Admin).await?;
     let latest: Option<i64> = executions::table
         .filter(executions::instance_id.eq(instance))
         .select(max(executions::execution_id))
@@ -199,7 +200,7 @@ struct InstanceRow {
 }
 
 async fn instance_info(p: &PostgresProvider, instance: &str) -> AdminResult<InstanceInfo> {
-    let mut conn = pool::get(&p.pool).await?;
+    let mut conn = p.db.lease(Budget::Admin).await?;
     let row: Option<InstanceRow> = instances::table
         .left_join(executions::table.on(current_execution()))
         .filter(instances::instance_id.eq(instance))
@@ -258,7 +259,7 @@ async fn execution_info(
         .filter(history::execution_id.eq(exec))
         .count()
         .single_value();
-    let mut conn = pool::get(&p.pool).await?;
+    let mut conn = p.db.lease(Budget::Admin).await?;
     let row: Option<ExecutionRow> = executions::table
         .filter(executions::instance_id.eq(instance))
         .filter(executions::execution_id.eq(exec))
@@ -308,7 +309,7 @@ async fn system_metrics(p: &PostgresProvider) -> AdminResult<SystemMetrics> {
             .count()
             .single_value()
     };
-    let mut conn = pool::get(&p.pool).await?;
+    let mut conn = p.db.lease(Budget::Admin).await?;
     let row: MetricsRow = select((
         instances::table.count().single_value(),
         executions::table.count().single_value(),
@@ -333,7 +334,7 @@ async fn system_metrics(p: &PostgresProvider) -> AdminResult<SystemMetrics> {
 /// Unlocked messages per queue. Timers are delayed orchestrator messages,
 /// so there is no separate timer queue to count.
 async fn queue_depths(p: &PostgresProvider) -> AdminResult<QueueDepths> {
-    let mut conn = pool::get(&p.pool).await?;
+    let mut conn = p.db.lease(Budget::Admin).await?;
     let (orchestrator, worker): (Option<i64>, Option<i64>) = select((
         orchestrator_queue::table
             .filter(orchestrator_queue::lock_token.is_null())
@@ -355,7 +356,7 @@ async fn queue_depths(p: &PostgresProvider) -> AdminResult<QueueDepths> {
 }
 
 async fn list_children(p: &PostgresProvider, instance: &str) -> AdminResult<Vec<String>> {
-    let mut conn = pool::get(&p.pool).await?;
+    let mut conn = p.db.lease(Budget::Admin).await?;
     Ok(instances::table
         .filter(instances::parent_instance_id.eq(instance))
         .order(instances::instance_id.asc())
@@ -365,7 +366,7 @@ async fn list_children(p: &PostgresProvider, instance: &str) -> AdminResult<Vec<
 }
 
 async fn parent_id(p: &PostgresProvider, instance: &str) -> AdminResult<Option<String>> {
-    let mut conn = pool::get(&p.pool).await?;
+    let mut conn = p.db.lease(Budget::Admin).await?;
     instances::table
         .filter(instances::instance_id.eq(instance))
         .select(instances::parent_instance_id)
@@ -377,7 +378,7 @@ async fn parent_id(p: &PostgresProvider, instance: &str) -> AdminResult<Option<S
 
 /// The whole tree in one recursive query rather than one round trip per node.
 async fn instance_tree(p: &PostgresProvider, root: &str) -> AdminResult<InstanceTree> {
-    let mut conn = pool::get(&p.pool).await?;
+    let mut conn = p.db.lease(Budget::Admin).await?;
     let all_ids: Vec<String> = select(dx_instance_tree(root)).get_result(&mut conn).await?;
     Ok(InstanceTree {
         root_id: root.to_owned(),
@@ -390,7 +391,7 @@ async fn delete_tree(
     instance: &str,
     force: bool,
 ) -> AdminResult<DeleteInstanceResult> {
-    let mut conn = pool::get(&p.pool).await?;
+    let mut conn = p.db.lease(Budget::Admin).await?;
     let doc: Value = select(dx_delete_instance(instance, force))
         .get_result(&mut conn)
         .await?;
@@ -405,7 +406,7 @@ async fn delete_exact(
     if ids.is_empty() {
         return Ok(DeleteInstanceResult::default());
     }
-    let mut conn = pool::get(&p.pool).await?;
+    let mut conn = p.db.lease(Budget::Admin).await?;
     let doc: Value = select(dx_delete_instances(ids, force))
         .get_result(&mut conn)
         .await?;
@@ -420,7 +421,7 @@ async fn delete_bulk(
         return Ok(DeleteInstanceResult::default());
     }
     let limit = int_arg(filter.limit.unwrap_or(DEFAULT_BULK_LIMIT));
-    let mut conn = pool::get(&p.pool).await?;
+    let mut conn = p.db.lease(Budget::Admin).await?;
     let doc: Value = select(dx_delete_instances_bulk(
         filter.instance_ids.as_deref(),
         ms_arg(filter.completed_before),
@@ -436,7 +437,7 @@ async fn prune(
     instance: &str,
     options: &PruneOptions,
 ) -> AdminResult<PruneResult> {
-    let mut conn = pool::get(&p.pool).await?;
+    let mut conn = p.db.lease(Budget::Admin).await?;
     let doc: Value = select(dx_prune_executions(
         instance,
         options.keep_last.map(int_arg),
@@ -456,7 +457,7 @@ async fn prune_bulk(
         return Ok(PruneResult::default());
     }
     let limit = int_arg(filter.limit.unwrap_or(DEFAULT_BULK_LIMIT));
-    let mut conn = pool::get(&p.pool).await?;
+    let mut conn = p.db.lease(Budget::Admin).await?;
     let doc: Value = select(dx_prune_executions_bulk(
         filter.instance_ids.as_deref(),
         ms_arg(filter.completed_before),
@@ -469,26 +470,37 @@ async fn prune_bulk(
     Ok(decode::<PruneCounts>(doc)?.into())
 }
 
-fn fail(op: &'static str) -> impl Fn(Failure) -> ProviderError {
-    move |f| f.into_provider_error(op)
+/// One admin call within the admin call limit, failing as duroxide's error.
+async fn admin_call<T, E>(
+    p: &PostgresProvider,
+    op: &'static str,
+    call: impl std::future::Future<Output = std::result::Result<T, E>>,
+) -> std::result::Result<T, ProviderError>
+where
+    E: From<Error> + Into<Failure>,
+{
+    bounded(&p.db, Budget::Admin, call)
+        .await
+        .map_err(|e| e.into().into_provider_error(op))
 }
 
 #[async_trait::async_trait]
 impl ProviderAdmin for PostgresProvider {
     async fn list_instances(&self) -> Result<Vec<String>, ProviderError> {
-        list_instances(self).await.map_err(fail("list_instances"))
+        admin_call(self, "list_instances", list_instances(self)).await
     }
 
     async fn list_instances_by_status(&self, status: &str) -> Result<Vec<String>, ProviderError> {
-        list_instances_by_status(self, status)
-            .await
-            .map_err(fail("list_instances_by_status"))
+        admin_call(
+            self,
+            "list_instances_by_status",
+            list_instances_by_status(self, status),
+        )
+        .await
     }
 
     async fn list_executions(&self, instance: &str) -> Result<Vec<u64>, ProviderError> {
-        list_executions(self, instance)
-            .await
-            .map_err(fail("list_executions"))
+        admin_call(self, "list_executions", list_executions(self, instance)).await
     }
 
     async fn read_history_with_execution_id(
@@ -496,27 +508,34 @@ impl ProviderAdmin for PostgresProvider {
         instance: &str,
         execution_id: u64,
     ) -> Result<Vec<Event>, ProviderError> {
-        history_reads::read_execution(self, instance, execution_id)
-            .await
-            .map_err(|e| e.into_provider_error("read_history_with_execution_id"))
+        admin_call(
+            self,
+            "read_history_with_execution_id",
+            history_reads::read_execution(self, instance, execution_id),
+        )
+        .await
     }
 
     async fn read_history(&self, instance: &str) -> Result<Vec<Event>, ProviderError> {
-        history_reads::read_latest(self, instance)
-            .await
-            .map_err(|e| e.into_provider_error("read_history"))
+        admin_call(
+            self,
+            "read_history",
+            history_reads::read_latest(self, instance),
+        )
+        .await
     }
 
     async fn latest_execution_id(&self, instance: &str) -> Result<u64, ProviderError> {
-        latest_execution_id(self, instance)
-            .await
-            .map_err(fail("latest_execution_id"))
+        admin_call(
+            self,
+            "latest_execution_id",
+            latest_execution_id(self, instance),
+        )
+        .await
     }
 
     async fn get_instance_info(&self, instance: &str) -> Result<InstanceInfo, ProviderError> {
-        instance_info(self, instance)
-            .await
-            .map_err(fail("get_instance_info"))
+        admin_call(self, "get_instance_info", instance_info(self, instance)).await
     }
 
     async fn get_execution_info(
@@ -524,37 +543,32 @@ impl ProviderAdmin for PostgresProvider {
         instance: &str,
         execution_id: u64,
     ) -> Result<ExecutionInfo, ProviderError> {
-        execution_info(self, instance, execution_id)
-            .await
-            .map_err(fail("get_execution_info"))
+        admin_call(
+            self,
+            "get_execution_info",
+            execution_info(self, instance, execution_id),
+        )
+        .await
     }
 
     async fn get_system_metrics(&self) -> Result<SystemMetrics, ProviderError> {
-        system_metrics(self)
-            .await
-            .map_err(fail("get_system_metrics"))
+        admin_call(self, "get_system_metrics", system_metrics(self)).await
     }
 
     async fn get_queue_depths(&self) -> Result<QueueDepths, ProviderError> {
-        queue_depths(self).await.map_err(fail("get_queue_depths"))
+        admin_call(self, "get_queue_depths", queue_depths(self)).await
     }
 
     async fn list_children(&self, instance_id: &str) -> Result<Vec<String>, ProviderError> {
-        list_children(self, instance_id)
-            .await
-            .map_err(fail("list_children"))
+        admin_call(self, "list_children", list_children(self, instance_id)).await
     }
 
     async fn get_parent_id(&self, instance_id: &str) -> Result<Option<String>, ProviderError> {
-        parent_id(self, instance_id)
-            .await
-            .map_err(fail("get_parent_id"))
+        admin_call(self, "get_parent_id", parent_id(self, instance_id)).await
     }
 
     async fn get_instance_tree(&self, instance_id: &str) -> Result<InstanceTree, ProviderError> {
-        instance_tree(self, instance_id)
-            .await
-            .map_err(fail("get_instance_tree"))
+        admin_call(self, "get_instance_tree", instance_tree(self, instance_id)).await
     }
 
     /// Overrides the default (parent check, tree walk, then delete) with one
@@ -564,9 +578,12 @@ impl ProviderAdmin for PostgresProvider {
         instance_id: &str,
         force: bool,
     ) -> Result<DeleteInstanceResult, ProviderError> {
-        delete_tree(self, instance_id, force)
-            .await
-            .map_err(fail("delete_instance"))
+        admin_call(
+            self,
+            "delete_instance",
+            delete_tree(self, instance_id, force),
+        )
+        .await
     }
 
     async fn delete_instances_atomic(
@@ -574,18 +591,19 @@ impl ProviderAdmin for PostgresProvider {
         ids: &[String],
         force: bool,
     ) -> Result<DeleteInstanceResult, ProviderError> {
-        delete_exact(self, ids, force)
-            .await
-            .map_err(fail("delete_instances_atomic"))
+        admin_call(
+            self,
+            "delete_instances_atomic",
+            delete_exact(self, ids, force),
+        )
+        .await
     }
 
     async fn delete_instance_bulk(
         &self,
         filter: InstanceFilter,
     ) -> Result<DeleteInstanceResult, ProviderError> {
-        delete_bulk(self, &filter)
-            .await
-            .map_err(fail("delete_instance_bulk"))
+        admin_call(self, "delete_instance_bulk", delete_bulk(self, &filter)).await
     }
 
     async fn prune_executions(
@@ -593,9 +611,7 @@ impl ProviderAdmin for PostgresProvider {
         instance_id: &str,
         options: PruneOptions,
     ) -> Result<PruneResult, ProviderError> {
-        prune(self, instance_id, &options)
-            .await
-            .map_err(fail("prune_executions"))
+        admin_call(self, "prune_executions", prune(self, instance_id, &options)).await
     }
 
     async fn prune_executions_bulk(
@@ -603,8 +619,11 @@ impl ProviderAdmin for PostgresProvider {
         filter: InstanceFilter,
         options: PruneOptions,
     ) -> Result<PruneResult, ProviderError> {
-        prune_bulk(self, &filter, &options)
-            .await
-            .map_err(fail("prune_executions_bulk"))
+        admin_call(
+            self,
+            "prune_executions_bulk",
+            prune_bulk(self, &filter, &options),
+        )
+        .await
     }
 }

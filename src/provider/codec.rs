@@ -59,17 +59,27 @@ pub(crate) fn orchestrator_instance(item: &WorkItem) -> Result<&str> {
 /// `{"item", "instance", "kind", "visible_at_ms"}` for `dx_ack_orchestration`.
 pub(crate) fn orchestrator_entry(item: &WorkItem) -> Result<Value> {
     let instance = orchestrator_instance(item)?;
+    refuse_long_instance(instance)?;
     let visible_at_ms = match item {
         WorkItem::TimerFired { fire_at_ms, .. } => Some(*fire_at_ms),
         _ => None,
     };
-    let doc = to_json(item)?;
+    let doc = storable_item(item)?;
     Ok(json!({
         "instance": instance,
         "kind": kind_of(&doc)?,
         "item": doc,
         "visible_at_ms": visible_at_ms,
     }))
+}
+
+/// A work item as a JSONB document, refused if PostgreSQL cannot store it.
+pub(crate) fn storable_item(item: &WorkItem) -> Result<Value> {
+    let doc = to_json(item)?;
+    if let Some(at) = nul_pointer(&doc) {
+        return Err(nul_refusal(&format!("{} work item", kind_of(&doc)?), &at));
+    }
+    Ok(doc)
 }
 
 /// Routing columns of an activity execution.
@@ -108,7 +118,7 @@ pub(crate) fn worker_route(item: &WorkItem) -> Result<WorkerRoute<'_>> {
 pub(crate) fn worker_entry(item: &WorkItem) -> Result<Value> {
     let route = worker_route(item)?;
     Ok(json!({
-        "item": to_json(item)?,
+        "item": storable_item(item)?,
         "instance": route.instance,
         "execution_id": route.execution_id,
         "activity_id": route.activity_id,
@@ -126,9 +136,109 @@ pub(crate) fn history_delta(events: &[Event]) -> Result<Value> {
                 "event_id must be assigned by the runtime (got 0)".into(),
             ));
         }
-        docs.push(to_json(event)?);
+        let doc = to_json(event)?;
+        let kind = doc.get("type").and_then(Value::as_str).unwrap_or("unknown");
+        refuse_nul(
+            &doc,
+            &format!("history event {} ({kind})", event.event_id()),
+        )?;
+        docs.push(doc);
     }
     Ok(Value::Array(docs))
+}
+
+/// Whether `s` holds U+0000, which PostgreSQL's `text` and `jsonb` refuse.
+pub(crate) fn has_nul(s: &str) -> bool {
+    s.as_bytes().contains(&0)
+}
+
+/// JSON pointer to the first string or key holding U+0000 ("" = `value` itself).
+pub(crate) fn nul_pointer(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => has_nul(s).then(String::new),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_pointer(v).map(|rest| format!("/{i}{rest}"))),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            if has_nul(k) {
+                Some(format!("/{}", pointer_segment(k)))
+            } else {
+                nul_pointer(v).map(|rest| format!("/{}{rest}", pointer_segment(k)))
+            }
+        }),
+        _ => None,
+    }
+}
+
+/// `s` quoted for an error message: the message itself is stored (as a
+/// failed orchestration's output), so it must not carry U+0000, and a 2 KB
+/// key should not make it unreadable.
+pub(crate) fn printable(s: &str) -> String {
+    const MAX_CHARS: usize = 64;
+    let head: String = s.chars().take(MAX_CHARS).collect();
+    let more = if s.chars().nth(MAX_CHARS).is_some() {
+        "..."
+    } else {
+        ""
+    };
+    format!("{head:?}{more}")
+}
+
+/// An object key as a JSON pointer segment, control characters escaped.
+fn pointer_segment(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for c in key.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Most bytes of an instance id, or of an instance id and a key-value key
+/// together, that fit one btree index entry (2704 bytes with PostgreSQL's
+/// default page size, less tuple headers) whatever the text: longer values
+/// fit only when they compress well, so they are refused up front rather
+/// than failing in the server depending on their content.
+pub(crate) const MAX_KEY_BYTES: usize = 2600;
+
+/// Refuses an instance id too long to index (see [`MAX_KEY_BYTES`]).
+pub(crate) fn refuse_long_instance(instance: &str) -> Result<()> {
+    if instance.len() > MAX_KEY_BYTES {
+        return Err(Error::Data(format!(
+            "instance id of {} bytes exceeds the {MAX_KEY_BYTES} bytes PostgreSQL can index",
+            instance.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Why a value cannot be stored; `at` is a JSON pointer into it.
+pub(crate) fn nul_message(what: &str, at: &str) -> String {
+    let at = if at.is_empty() {
+        String::new()
+    } else {
+        format!(" at {at}")
+    };
+    format!("{what} contains U+0000 (NUL){at}, which PostgreSQL cannot store")
+}
+
+/// [`nul_message`] as the permanent error refusing the call.
+pub(crate) fn nul_refusal(what: &str, at: &str) -> Error {
+    Error::Data(nul_message(what, at))
+}
+
+/// Refuses a document holding U+0000 before it is sent: PostgreSQL would
+/// refuse it anyway, with an error this crate cannot tell apart from a
+/// transient one, and the call would be retried in vain.
+pub(crate) fn refuse_nul(value: &Value, what: &str) -> Result<()> {
+    match nul_pointer(value) {
+        None => Ok(()),
+        Some(at) => Err(nul_refusal(what, &at)),
+    }
 }
 
 /// Milliseconds as the procedures' BIGINT, saturating.
@@ -173,6 +283,9 @@ pub(crate) struct ClaimedOrchestration {
     pub messages: Vec<Value>,
     pub history: Vec<Value>,
     pub kv: HashMap<String, (String, u64)>,
+    /// Set when the history could not be loaded at all (too large).
+    #[serde(default)]
+    pub history_error: Option<String>,
 }
 
 /// A locked activity as returned by `dx_fetch_work`.

@@ -6,9 +6,10 @@ use duroxide::Event;
 use serde_json::Value;
 
 use super::codec;
+use crate::PostgresProvider;
 use crate::error::Result;
+use crate::pool::Budget;
 use crate::schema::{executions, history};
-use crate::{PostgresProvider, pool};
 
 diesel::define_sql_function! {
     /// `coalesce` for a nullable BIGINT with a fallback.
@@ -22,7 +23,7 @@ pub(crate) async fn read_latest(p: &PostgresProvider, instance: &str) -> Result<
         .filter(executions::instance_id.eq(instance))
         .select(diesel::dsl::max(executions::execution_id))
         .single_value();
-    let mut conn = pool::get(&p.pool).await?;
+    let mut conn = p.db.lease(Budget::Call).await?;
     let rows: Vec<Value> = history::table
         .filter(history::instance_id.eq(instance))
         .filter(history::execution_id.eq(coalesce(latest, 1_i64)))
@@ -40,7 +41,7 @@ pub(crate) async fn read_execution(
     execution_id: u64,
 ) -> Result<Vec<Event>> {
     let execution_id = codec::to_i64(execution_id, "execution_id")?;
-    let mut conn = pool::get(&p.pool).await?;
+    let mut conn = p.db.lease(Budget::Call).await?;
     let rows: Vec<Value> = history::table
         .filter(history::instance_id.eq(instance))
         .filter(history::execution_id.eq(execution_id))
@@ -58,6 +59,9 @@ pub(crate) async fn append(
     execution_id: u64,
     events: &[Event],
 ) -> Result<()> {
+    if codec::has_nul(instance) {
+        return Err(codec::nul_refusal("instance id", ""));
+    }
     codec::history_delta(events)?;
     let execution_id = codec::to_i64(execution_id, "execution_id")?;
     let rows = events
@@ -81,7 +85,7 @@ pub(crate) async fn append(
     if rows.is_empty() {
         return Ok(());
     }
-    let mut conn = pool::get(&p.pool).await?;
+    let mut conn = p.db.lease(Budget::Call).await?;
     diesel::insert_into(history::table)
         .values(rows)
         .execute(&mut conn)

@@ -15,11 +15,13 @@ use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
 use futures_util::StreamExt;
 use tokio::sync::Notify;
 
+use crate::pool::Backoff;
 use crate::procedures::dx_notify_channel;
 
 /// How often a waiter re-checks the queue while no listener is connected.
 pub(crate) const FALLBACK_POLL: Duration = Duration::from_millis(250);
-const RECONNECT_DELAY: Duration = Duration::from_millis(500);
+/// Pauses between reconnection attempts (before jitter).
+const RECONNECT: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
 
 /// Shared wake-up state between the listener task and fetch waiters.
 #[derive(Default)]
@@ -48,35 +50,67 @@ impl Wakeups {
         self.orchestrator.notify_waiters();
         self.worker.notify_waiters();
     }
+
+    /// Waiters stop trusting notifications and poll, and re-check now.
+    fn disconnected(&self) {
+        self.connected.store(false, Ordering::Release);
+        self.wake_all();
+    }
+}
+
+/// How the listener proves it is alive.
+pub(crate) struct Liveness {
+    /// Bumped when a pooled call found a dead or silent connection: the
+    /// listener's may be dead too, so it checks at once.
+    pub faults: tokio::sync::watch::Receiver<u64>,
+    /// Query the connection after this long without one.
+    pub heartbeat: Duration,
+    /// A heartbeat query must answer within this.
+    pub timeout: Duration,
 }
 
 /// Starts the listener task; it runs until [`Wakeups::stop`].
-pub(crate) fn spawn(connector: crate::pool::Connector) -> Arc<Wakeups> {
+pub(crate) fn spawn(connector: crate::pool::Connector, mut liveness: Liveness) -> Arc<Wakeups> {
     let wakeups = Arc::new(Wakeups::default());
     let state = Arc::clone(&wakeups);
     tokio::spawn(async move {
         // If the task is dropped (its runtime shut down), waiters must not
         // keep trusting a listener that no longer exists.
         let _reset = ResetOnDrop(Arc::clone(&state));
+        let mut delay = RECONNECT;
+        let mut failures = 0u32;
         while !state.stopped.load(Ordering::Acquire) {
             let session = async {
-                match connector.connect().await {
-                    Ok(conn) => {
-                        if let Err(e) = listen(conn, &state).await {
-                            tracing::warn!(error = %e, "duroxide-diesel listener lost its connection");
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "duroxide-diesel listener could not connect")
+                let outcome = match connector.connect().await {
+                    Ok(conn) => listen(conn, &state, &mut liveness).await,
+                    Err(e) => Err(e),
+                };
+                state.disconnected();
+                outcome
+            };
+            let outcome = tokio::select! {
+                outcome = session => outcome,
+                _ = state.shutdown.notified() => break,
+            };
+            match outcome {
+                // It was up: reconnect promptly.
+                Ok(()) => {
+                    delay.reset();
+                    failures = 0;
+                }
+                Err(e) => {
+                    failures += 1;
+                    // Once per outage at warn; the retries at debug.
+                    if failures == 1 {
+                        tracing::warn!(error = %e, "duroxide-diesel listener disconnected; fetches poll until it is back");
+                    } else {
+                        tracing::debug!(error = %e, failures, "duroxide-diesel listener still disconnected");
                     }
                 }
-                state.connected.store(false, Ordering::Release);
-                // Waiters that slept on a notification re-check now.
-                state.wake_all();
-                tokio::time::sleep(RECONNECT_DELAY).await;
-            };
+            }
+            let pause = jitter(delay.next());
             tokio::select! {
-                _ = session => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = state.shutdown.notified() => break,
             }
         }
@@ -85,30 +119,92 @@ pub(crate) fn spawn(connector: crate::pool::Connector) -> Arc<Wakeups> {
     wakeups
 }
 
+/// `d` scaled by a factor in [0.5, 1.5), so many processes that lost the
+/// database together do not reconnect in lockstep.
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or(0);
+    d.mul_f64(0.5 + f64::from(nanos % 1000) / 1000.0)
+}
+
 struct ResetOnDrop(Arc<Wakeups>);
 
 impl Drop for ResetOnDrop {
     fn drop(&mut self) {
-        self.0.connected.store(false, Ordering::Release);
-        self.0.wake_all();
+        self.0.disconnected();
     }
 }
 
-async fn listen(mut conn: AsyncPgConnection, state: &Wakeups) -> crate::Result<()> {
-    let channel: String =
-        diesel_async::RunQueryDsl::get_result(select(dx_notify_channel()), &mut conn).await?;
-    conn.batch_execute(&format!("LISTEN \"{channel}\"")).await?;
+/// Receives notifications until the connection fails or misses a heartbeat.
+/// Returns `Ok` only for a connection that was up and then failed, so the
+/// caller reconnects without delay growth.
+async fn listen(
+    mut conn: AsyncPgConnection,
+    state: &Wakeups,
+    liveness: &mut Liveness,
+) -> crate::Result<()> {
+    // Bounded like every call: a connection that goes silent right after
+    // opening must not hold the listener forever.
+    let subscribe = async {
+        let channel: String =
+            diesel_async::RunQueryDsl::get_result(select(dx_notify_channel()), &mut conn).await?;
+        conn.batch_execute(&format!("LISTEN \"{channel}\"")).await?;
+        Ok::<_, crate::Error>(())
+    };
+    tokio::time::timeout(liveness.timeout, subscribe)
+        .await
+        .map_err(|_| crate::Error::Timeout(liveness.timeout))??;
     state.connected.store(true, Ordering::Release);
     // Anything enqueued before LISTEN took effect is picked up by a re-check.
     state.wake_all();
-    let mut stream = std::pin::pin!(conn.notifications_stream());
-    while let Some(n) = stream.next().await {
-        let n = n?;
-        match n.payload.as_str() {
-            "o" => state.orchestrator.notify_waiters(),
-            "w" => state.worker.notify_waiters(),
-            _ => state.wake_all(),
+    liveness.faults.mark_unchanged();
+    loop {
+        // Notifications are buffered by the connection while no stream
+        // exists, so the stream can be dropped for a heartbeat.
+        {
+            let mut stream = std::pin::pin!(conn.notifications_stream());
+            let heartbeat = tokio::time::sleep(liveness.heartbeat);
+            let mut heartbeat = std::pin::pin!(heartbeat);
+            loop {
+                tokio::select! {
+                    n = stream.next() => match n {
+                        Some(Ok(n)) => match n.payload.as_str() {
+                            "o" => state.orchestrator.notify_waiters(),
+                            "w" => state.worker.notify_waiters(),
+                            _ => state.wake_all(),
+                        },
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "duroxide-diesel listener connection failed");
+                            return Ok(());
+                        }
+                        None => return Ok(()),
+                    },
+                    _ = &mut heartbeat => break,
+                    changed = liveness.faults.changed() => {
+                        if changed.is_err() {
+                            return Ok(()); // the provider is gone
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        let ping = conn.batch_execute("SELECT 1");
+        match tokio::time::timeout(liveness.timeout, ping).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "duroxide-diesel listener heartbeat failed");
+                return Ok(());
+            }
+            Err(_) => {
+                tracing::warn!(
+                    timeout = ?liveness.timeout,
+                    "duroxide-diesel listener heartbeat got no reply; reconnecting"
+                );
+                return Ok(());
+            }
         }
     }
-    Ok(())
 }

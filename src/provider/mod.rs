@@ -9,6 +9,7 @@ pub(crate) mod listener;
 mod orchestrator;
 mod sessions;
 mod state;
+mod unclaimed;
 mod worker;
 
 use std::collections::HashMap;
@@ -24,13 +25,9 @@ use tokio::sync::Notify;
 
 use crate::PostgresProvider;
 use crate::error::Result;
+use crate::pool::{Backoff, Budget, bounded};
 
-/// Which queue a long-polling fetch waits on.
-#[derive(Clone, Copy)]
-enum Queue {
-    Orchestrator,
-    Worker,
-}
+use unclaimed::{Claim, Queue};
 
 /// Outcome of one fetch attempt, for the shared long-poll loop.
 enum Step<T> {
@@ -40,8 +37,16 @@ enum Step<T> {
 
 impl PostgresProvider {
     fn wakeups(&self) -> &Arc<listener::Wakeups> {
-        self.wakeups
-            .get_or_init(|| listener::spawn(self.connector.clone()))
+        self.wakeups.get_or_init(|| {
+            listener::spawn(
+                self.connector.clone(),
+                listener::Liveness {
+                    faults: self.db.faults(),
+                    heartbeat: self.options.listener_heartbeat,
+                    timeout: self.options.call_timeout,
+                },
+            )
+        })
     }
 
     /// Runs `attempt` until it yields an item or `poll_timeout` passes.
@@ -67,6 +72,7 @@ impl PostgresProvider {
         let wakeups = (self.options.long_polling && !poll_timeout.is_zero())
             .then(|| Arc::clone(self.wakeups()));
         let mut immediate_retries = 0u32;
+        let mut failure_backoff = Backoff::CALL;
         let mut registration: Option<handoff::Registration> = None;
         loop {
             // Register interest before looking, so a notification sent while
@@ -91,9 +97,24 @@ impl PostgresProvider {
                 }
             }
 
-            let retry_ms = match attempt().await? {
-                Step::Ready(item) => return Ok(Some(item)),
-                Step::Idle(retry_ms) => retry_ms,
+            let retry_ms = match attempt().await {
+                Ok(Step::Ready(item)) => return Ok(Some(item)),
+                Ok(Step::Idle(retry_ms)) => {
+                    failure_backoff.reset();
+                    retry_ms
+                }
+                // The database is unreachable or busy: a fetch is always safe
+                // to repeat, so keep trying until the poll deadline instead
+                // of making the runtime back off (it may back off for
+                // seconds, which is when the database is back).
+                Err(e)
+                    if e.is_retryable() && Instant::now() + failure_backoff.peek() < deadline =>
+                {
+                    tracing::debug!(error = %e, "fetch failed; retrying within the poll timeout");
+                    tokio::time::sleep(failure_backoff.next()).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
             let now = Instant::now();
             let Some(wakeups) = wakeups.as_deref() else {
@@ -110,8 +131,9 @@ impl PostgresProvider {
                 wait = wait.min(listener::FALLBACK_POLL);
             }
             if wait.is_zero() {
-                // A lost race (another dispatcher claimed first): retry now,
-                // but back off if it keeps happening so a waiter never spins.
+                // Work exists but was busy (another call held the only
+                // candidate, or won a session): retry now, but back off if
+                // it keeps happening so a waiter never spins.
                 immediate_retries += 1;
                 if immediate_retries <= 2 {
                     continue;
@@ -137,6 +159,70 @@ impl PostgresProvider {
                     (Some(handed), Some(inbox)) => return Ok(Some((inbox.convert)(handed))),
                     _ => registration = None,
                 },
+            }
+        }
+    }
+}
+
+impl PostgresProvider {
+    /// One provider call within the call limit, failing as duroxide's error.
+    async fn call<T>(
+        &self,
+        op: &'static str,
+        call: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T, ProviderError> {
+        bounded(&self.db, Budget::Call, call).await.map_err(err(op))
+    }
+
+    /// One fetch attempt within the call limit, under a lock token chosen
+    /// here: unless its outcome is known (an answer, or a failure before
+    /// anything was sent), the token is released (see [`unclaimed`]).
+    async fn fetch_claiming<A, F, Fut>(&self, queue: Queue, fetch: F) -> Result<A>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = Result<A>>,
+    {
+        let claim = Claim::new(&self.db, queue);
+        let result = bounded(&self.db, Budget::Call, fetch(claim.token().to_owned())).await;
+        if result
+            .as_ref()
+            .map_or_else(crate::Error::is_before_send, |_| true)
+        {
+            claim.settled();
+        }
+        result
+    }
+
+    /// Runs `attempt` (one bounded call each time), retrying transient
+    /// failures with backoff until `window` has passed since the first try.
+    /// An answer from the server, success or a permanent error such as a
+    /// lost lock, ends the retries at once.
+    ///
+    /// For calls that are safe to repeat whatever became of the last try:
+    /// - Lock renewal, within the lock's own length (`extend_for`): duroxide
+    ///   cancels an activity on any renewal error and then deletes its work
+    ///   item (`ack_work_item(token, None)`), so reporting a passing network
+    ///   fault would lose the activity. The lock was valid for at most
+    ///   `extend_for` when the call started, so once that has passed it has
+    ///   expired on the server too, and giving up is truthful.
+    /// - Activity completion: duroxide abandons the work item when the ack
+    ///   fails, so the activity runs again. A repeated ack that finds its
+    ///   lock gone (an earlier try committed, or the lock expired) says so
+    ///   and changes nothing.
+    async fn retry_transient<F, Fut>(&self, window: Duration, attempt: F) -> Result<()>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        let give_up = Instant::now() + window;
+        let mut backoff = Backoff::CALL;
+        loop {
+            match bounded(&self.db, Budget::Call, attempt()).await {
+                Err(e) if e.is_retryable() && Instant::now() + backoff.peek() < give_up => {
+                    tracing::debug!(error = %e, "transient failure; retrying");
+                    tokio::time::sleep(backoff.next()).await;
+                }
+                result => return result,
             }
         }
     }
@@ -179,12 +265,15 @@ impl Provider for PostgresProvider {
         filter: Option<&DispatcherCapabilityFilter>,
     ) -> Result<Option<(OrchestrationItem, String, u32)>, ProviderError> {
         self.long_poll(Queue::Orchestrator, poll_timeout, None, || async {
-            Ok(
-                match orchestrator::fetch_once(self, lock_timeout, filter).await? {
-                    orchestrator::Attempt::Item(item) => Step::Ready(*item),
-                    orchestrator::Attempt::Idle(retry) => Step::Idle(retry),
-                },
-            )
+            let attempt = self
+                .fetch_claiming(Queue::Orchestrator, |token| async move {
+                    orchestrator::fetch_once(self, &token, lock_timeout, filter).await
+                })
+                .await?;
+            Ok(match attempt {
+                orchestrator::Attempt::Item(item) => Step::Ready(*item),
+                orchestrator::Attempt::Idle(retry) => Step::Idle(retry),
+            })
         })
         .await
         .map_err(err("fetch_orchestration_item"))
@@ -200,18 +289,20 @@ impl Provider for PostgresProvider {
         metadata: ExecutionMetadata,
         cancelled_activities: Vec<ScheduledActivityIdentifier>,
     ) -> Result<(), ProviderError> {
-        orchestrator::ack(
-            self,
-            lock_token,
-            execution_id,
-            &history_delta,
-            &worker_items,
-            &orchestrator_items,
-            &metadata,
-            &cancelled_activities,
+        self.call(
+            "ack_orchestration_item",
+            orchestrator::ack(
+                self,
+                lock_token,
+                execution_id,
+                &history_delta,
+                &worker_items,
+                &orchestrator_items,
+                &metadata,
+                &cancelled_activities,
+            ),
         )
         .await
-        .map_err(err("ack_orchestration_item"))
     }
 
     async fn abandon_orchestration_item(
@@ -220,15 +311,16 @@ impl Provider for PostgresProvider {
         delay: Option<Duration>,
         ignore_attempt: bool,
     ) -> Result<(), ProviderError> {
-        orchestrator::abandon(self, lock_token, delay, ignore_attempt)
-            .await
-            .map_err(err("abandon_orchestration_item"))
+        self.call(
+            "abandon_orchestration_item",
+            orchestrator::abandon(self, lock_token, delay, ignore_attempt),
+        )
+        .await
     }
 
     async fn read(&self, instance: &str) -> Result<Vec<Event>, ProviderError> {
-        history::read_latest(self, instance)
+        self.call("read", history::read_latest(self, instance))
             .await
-            .map_err(err("read"))
     }
 
     async fn read_with_execution(
@@ -236,9 +328,11 @@ impl Provider for PostgresProvider {
         instance: &str,
         execution_id: u64,
     ) -> Result<Vec<Event>, ProviderError> {
-        history::read_execution(self, instance, execution_id)
-            .await
-            .map_err(err("read_with_execution"))
+        self.call(
+            "read_with_execution",
+            history::read_execution(self, instance, execution_id),
+        )
+        .await
     }
 
     async fn append_with_execution(
@@ -247,15 +341,16 @@ impl Provider for PostgresProvider {
         execution_id: u64,
         new_events: Vec<Event>,
     ) -> Result<(), ProviderError> {
-        history::append(self, instance, execution_id, &new_events)
-            .await
-            .map_err(err("append_with_execution"))
+        self.call(
+            "append_with_execution",
+            history::append(self, instance, execution_id, &new_events),
+        )
+        .await
     }
 
     async fn enqueue_for_worker(&self, item: WorkItem) -> Result<(), ProviderError> {
-        worker::enqueue(self, &item)
+        self.call("enqueue_for_worker", worker::enqueue(self, &item))
             .await
-            .map_err(err("enqueue_for_worker"))
     }
 
     async fn fetch_work_item(
@@ -278,14 +373,17 @@ impl Provider for PostgresProvider {
             convert: |handed| handed,
         };
         self.long_poll(Queue::Worker, poll_timeout, Some(inbox), || async {
-            Ok(
-                match worker::fetch_once(self, lock_timeout, session, tag_filter).await? {
-                    worker::Attempt::Item(item, token, attempts) => {
-                        Step::Ready((*item, token, attempts))
-                    }
-                    worker::Attempt::Idle(retry) => Step::Idle(retry),
-                },
-            )
+            let attempt = self
+                .fetch_claiming(Queue::Worker, |token| async move {
+                    worker::fetch_once(self, &token, lock_timeout, session, tag_filter).await
+                })
+                .await?;
+            Ok(match attempt {
+                worker::Attempt::Item(item, token, attempts) => {
+                    Step::Ready((*item, token, attempts))
+                }
+                worker::Attempt::Idle(retry) => Step::Idle(retry),
+            })
         })
         .await
         .map_err(err("fetch_work_item"))
@@ -296,7 +394,10 @@ impl Provider for PostgresProvider {
         token: &str,
         completion: Option<WorkItem>,
     ) -> Result<(), ProviderError> {
-        worker::ack(self, token, completion.as_ref())
+        // Three call limits: long enough to ride out a restart or a killed
+        // connection, short enough not to hold a worker slot for long.
+        let window = self.options.call_timeout * 3;
+        self.retry_transient(window, || worker::ack(self, token, completion.as_ref()))
             .await
             .map_err(err("ack_work_item"))
     }
@@ -306,7 +407,7 @@ impl Provider for PostgresProvider {
         token: &str,
         extend_for: Duration,
     ) -> Result<(), ProviderError> {
-        worker::renew(self, token, extend_for)
+        self.retry_transient(extend_for, || worker::renew(self, token, extend_for))
             .await
             .map_err(err("renew_work_item_lock"))
     }
@@ -317,18 +418,22 @@ impl Provider for PostgresProvider {
         extend_for: Duration,
         idle_timeout: Duration,
     ) -> Result<usize, ProviderError> {
-        sessions::renew(self, owner_ids, extend_for, idle_timeout)
-            .await
-            .map_err(err("renew_session_lock"))
+        self.call(
+            "renew_session_lock",
+            sessions::renew(self, owner_ids, extend_for, idle_timeout),
+        )
+        .await
     }
 
     async fn cleanup_orphaned_sessions(
         &self,
         _idle_timeout: Duration,
     ) -> Result<usize, ProviderError> {
-        sessions::cleanup_orphaned(self)
-            .await
-            .map_err(err("cleanup_orphaned_sessions"))
+        self.call(
+            "cleanup_orphaned_sessions",
+            sessions::cleanup_orphaned(self),
+        )
+        .await
     }
 
     async fn abandon_work_item(
@@ -337,9 +442,11 @@ impl Provider for PostgresProvider {
         delay: Option<Duration>,
         ignore_attempt: bool,
     ) -> Result<(), ProviderError> {
-        worker::abandon(self, token, delay, ignore_attempt)
-            .await
-            .map_err(err("abandon_work_item"))
+        self.call(
+            "abandon_work_item",
+            worker::abandon(self, token, delay, ignore_attempt),
+        )
+        .await
     }
 
     async fn renew_orchestration_item_lock(
@@ -347,7 +454,7 @@ impl Provider for PostgresProvider {
         token: &str,
         extend_for: Duration,
     ) -> Result<(), ProviderError> {
-        orchestrator::renew(self, token, extend_for)
+        self.retry_transient(extend_for, || orchestrator::renew(self, token, extend_for))
             .await
             .map_err(err("renew_orchestration_item_lock"))
     }
@@ -357,9 +464,11 @@ impl Provider for PostgresProvider {
         item: WorkItem,
         delay: Option<Duration>,
     ) -> Result<(), ProviderError> {
-        orchestrator::enqueue(self, &item, delay)
-            .await
-            .map_err(err("enqueue_for_orchestrator"))
+        self.call(
+            "enqueue_for_orchestrator",
+            orchestrator::enqueue(self, &item, delay),
+        )
+        .await
     }
 
     fn as_management_capability(&self) -> Option<&dyn ProviderAdmin> {
@@ -371,9 +480,11 @@ impl Provider for PostgresProvider {
         instance: &str,
         last_seen_version: u64,
     ) -> Result<Option<(Option<String>, u64)>, ProviderError> {
-        state::custom_status(self, instance, last_seen_version)
-            .await
-            .map_err(err("get_custom_status"))
+        self.call(
+            "get_custom_status",
+            state::custom_status(self, instance, last_seen_version),
+        )
+        .await
     }
 
     async fn get_kv_value(
@@ -381,26 +492,23 @@ impl Provider for PostgresProvider {
         instance: &str,
         key: &str,
     ) -> Result<Option<String>, ProviderError> {
-        state::kv_value(self, instance, key)
+        self.call("get_kv_value", state::kv_value(self, instance, key))
             .await
-            .map_err(err("get_kv_value"))
     }
 
     async fn get_kv_all_values(
         &self,
         instance: &str,
     ) -> Result<HashMap<String, String>, ProviderError> {
-        state::kv_all(self, instance)
+        self.call("get_kv_all_values", state::kv_all(self, instance))
             .await
-            .map_err(err("get_kv_all_values"))
     }
 
     async fn get_instance_stats(
         &self,
         instance: &str,
     ) -> Result<Option<SystemStats>, ProviderError> {
-        state::instance_stats(self, instance)
+        self.call("get_instance_stats", state::instance_stats(self, instance))
             .await
-            .map_err(err("get_instance_stats"))
     }
 }

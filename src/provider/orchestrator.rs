@@ -5,17 +5,19 @@ use std::time::Duration;
 
 use diesel::dsl::select;
 use diesel_async::RunQueryDsl;
-use duroxide::Event;
 use duroxide::providers::{
     DispatcherCapabilityFilter, ExecutionMetadata, OrchestrationItem, ScheduledActivityIdentifier,
     WorkItem,
 };
+use duroxide::{Event, EventKind};
 use serde_json::{Value, json};
 
 use super::codec::{self, AckOutcome, ClaimedOrchestration, Fetched};
+use super::unclaimed::{Claim, Queue};
+use crate::PostgresProvider;
 use crate::error::{Error, Result};
+use crate::pool::Budget;
 use crate::procedures::*;
-use crate::{PostgresProvider, pool};
 
 /// What one fetch attempt produced.
 pub(crate) enum Attempt {
@@ -27,6 +29,7 @@ pub(crate) enum Attempt {
 /// One round trip: lock the next ready instance and load its turn.
 pub(crate) async fn fetch_once(
     p: &PostgresProvider,
+    token: &str,
     lock_timeout: Duration,
     filter: Option<&DispatcherCapabilityFilter>,
 ) -> Result<Attempt> {
@@ -38,8 +41,9 @@ pub(crate) async fn fetch_once(
             Some(r) => (Some(version_array(&r.min)), Some(version_array(&r.max))),
         },
     };
-    let mut conn = pool::get(&p.pool).await?;
+    let mut conn = p.db.lease(Budget::Call).await?;
     let doc: Value = select(dx_fetch_orchestration(
+        token,
         codec::millis(lock_timeout),
         min,
         max,
@@ -49,7 +53,7 @@ pub(crate) async fn fetch_once(
     drop(conn);
     match codec::from_json::<Fetched<ClaimedOrchestration>>(doc, "fetch result")? {
         Fetched::Idle(idle) => Ok(Attempt::Idle(idle.retry_ms)),
-        Fetched::Claimed(c) => Ok(Attempt::Item(Box::new(into_item(c)?))),
+        Fetched::Claimed(c) => Ok(Attempt::Item(Box::new(into_item(c)))),
     }
 }
 
@@ -60,12 +64,29 @@ fn version_array(v: &semver::Version) -> Vec<i32> {
         .collect()
 }
 
-fn into_item(c: ClaimedOrchestration) -> Result<(OrchestrationItem, String, u32)> {
-    let messages = c
-        .messages
-        .into_iter()
-        .map(|m| codec::from_json::<WorkItem>(m, "orchestrator message"))
-        .collect::<Result<Vec<_>>>()?;
+/// Builds the turn handed to the runtime. Never fails: the lock is already
+/// committed, and an error here would hide the row from duroxide's attempt
+/// counting, so it would come back after every lock expiry forever.
+///
+/// A message that does not decode (written by a newer duroxide, or edited by
+/// hand) is reported like undecodable history, in `history_error`. The
+/// runtime then abandons the turn with a short delay, leaving the chance to a
+/// node that can read it, and once the attempts exceed its `max_attempts` it
+/// fails the instance as poison; that final commit deletes the locked
+/// messages, the undecodable one included. Sent to an execution that has
+/// already completed or failed, such a message is only logged: the runtime
+/// acknowledges that batch without processing it.
+fn into_item(c: ClaimedOrchestration) -> (OrchestrationItem, String, u32) {
+    let mut messages = Vec::with_capacity(c.messages.len());
+    let mut errors = Vec::new();
+    for (position, message) in c.messages.into_iter().enumerate() {
+        match serde_json::from_value::<WorkItem>(message) {
+            Ok(item) => messages.push(item),
+            Err(e) => errors.push(format!(
+                "orchestrator message at position {position} does not deserialize: {e}"
+            )),
+        }
+    }
 
     // A new instance takes its name and version from its start message; the
     // runtime resolves a missing version and stores it through ack metadata.
@@ -92,10 +113,35 @@ fn into_item(c: ClaimedOrchestration) -> Result<(OrchestrationItem, String, u32)
 
     // Undecodable history is reported in `history_error` with the lock held,
     // so the runtime's poison handling can terminate the instance.
-    let (history, history_error) = match codec::decode_history(c.history) {
-        Ok(h) => (h, None),
-        Err(e) => (Vec::new(), Some(e.to_string())),
+    let history = match codec::decode_history(c.history) {
+        Ok(h) => h,
+        Err(e) => {
+            errors.insert(0, e.to_string());
+            Vec::new()
+        }
     };
+    // Too large to load: the fetch left it out and said why.
+    if let Some(e) = c.history_error {
+        errors.insert(0, e);
+    }
+    // A finished execution ignores whatever arrives, so a message nobody can
+    // read is dropped with the rest of the batch instead of turning a
+    // completed instance into a poisoned one.
+    let finished = history.iter().any(|e| {
+        matches!(
+            e.kind,
+            EventKind::OrchestrationCompleted { .. } | EventKind::OrchestrationFailed { .. }
+        )
+    });
+    if finished && !errors.is_empty() {
+        tracing::warn!(
+            instance = %c.instance,
+            errors = %errors.join("; "),
+            "dropping undecodable messages sent to a finished orchestration"
+        );
+        errors.clear();
+    }
+    let history_error = (!errors.is_empty()).then(|| errors.join("; "));
 
     let item = OrchestrationItem {
         instance: c.instance,
@@ -107,7 +153,7 @@ fn into_item(c: ClaimedOrchestration) -> Result<(OrchestrationItem, String, u32)
         history_error,
         kv_snapshot: codec::kv_snapshot(c.kv),
     };
-    Ok((item, c.lock_token, c.attempt_count))
+    (item, c.lock_token, c.attempt_count)
 }
 
 /// One round trip: commit a whole turn atomically.
@@ -123,6 +169,7 @@ pub(crate) async fn ack(
     cancelled: &[ScheduledActivityIdentifier],
 ) -> Result<()> {
     let execution_id = codec::to_i64(execution_id, "execution_id")?;
+    refuse_unstorable_state(metadata, history_delta)?;
     let history = codec::history_delta(history_delta)?;
     let workers = worker_items
         .iter()
@@ -140,19 +187,26 @@ pub(crate) async fn ack(
         "parent_instance_id": metadata.parent_instance_id,
         "pinned_version": metadata.pinned_duroxide_version.as_ref().map(|v| [v.major, v.minor, v.patch]),
     });
+    codec::refuse_nul(&metadata, "execution metadata")?;
     let cancelled_docs: Vec<Value> = cancelled
         .iter()
         .map(|a| json!({ "instance": a.instance, "execution_id": a.execution_id, "activity_id": a.activity_id }))
         .collect();
+    for doc in &cancelled_docs {
+        codec::refuse_nul(doc, "cancelled activity")?;
+    }
 
     // A worker of this process waiting for work gets one of the new
     // activities claimed for it by this same statement.
     let claim = p.worker_waiters.claim(worker_items, cancelled);
-    let claim_doc = claim
-        .as_ref()
-        .map(|c| json!({ "index": c.index, "lock_ms": codec::millis(c.lock_timeout) }));
+    // The claimed activity's token is chosen here: if this call's outcome
+    // is unknown, or the waiter is gone, the lock is released at once.
+    let unclaimed = claim.as_ref().map(|_| Claim::new(&p.db, Queue::Worker));
+    let claim_doc = claim.as_ref().zip(unclaimed.as_ref()).map(|(c, u)| {
+        json!({ "index": c.index, "lock_ms": codec::millis(c.lock_timeout), "token": u.token() })
+    });
 
-    let mut conn = pool::get(&p.pool).await?;
+    let mut conn = p.db.lease(Budget::Call).await?;
     let doc: Value = select(dx_ack_orchestration(
         lock_token,
         execution_id,
@@ -170,15 +224,87 @@ pub(crate) async fn ack(
     drop(conn);
     let outcome: AckOutcome = codec::from_json(doc, "ack result")?;
     if outcome.status != "ok" {
+        if let Some(u) = unclaimed {
+            u.settled(); // nothing was committed
+        }
         return Err(Error::LockLost);
     }
     let item = claim
         .as_ref()
         .and_then(|c| worker_items.get(c.index).cloned());
-    if let (Some(claim), Some(token), Some(item)) = (claim, outcome.claimed, item) {
-        if let Err(token) = claim.deliver(item, token) {
-            // The waiter left meanwhile: make the activity fetchable again.
-            super::worker::abandon(p, &token, None, true).await?;
+    match (claim, outcome.claimed, item, unclaimed) {
+        (Some(claim), Some(token), Some(item), Some(unclaimed)) => {
+            // If the waiter left meanwhile, `unclaimed` makes the activity
+            // fetchable again when dropped unsettled. The turn is committed
+            // whatever happens to that release.
+            if claim.deliver(item, token).is_ok() {
+                unclaimed.settled();
+            }
+        }
+        // Nothing claimed (the activity was cancelled in the same turn).
+        (_, _, _, unclaimed) => {
+            if let Some(u) = unclaimed {
+                u.settled();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a turn whose output, custom status or key-value state holds
+/// U+0000, naming the value, or whose key-value key is too long to index.
+/// Checked before the history delta, which repeats these values inside its
+/// events, so the error names what the orchestration set rather than the
+/// event recording it.
+///
+/// The runtime answers this permanent error by committing a failure of the
+/// orchestration built from the history it already had; the error text goes
+/// into that commit, so it never quotes the offending value.
+fn refuse_unstorable_state(metadata: &ExecutionMetadata, events: &[Event]) -> Result<()> {
+    // A continued execution's "output" is the next execution's input.
+    let output = match metadata.status.as_deref() {
+        Some("ContinuedAsNew") => "continue-as-new input",
+        _ => "orchestration output",
+    };
+    let fields = [
+        (output, &metadata.output),
+        ("orchestration name", &metadata.orchestration_name),
+        ("orchestration version", &metadata.orchestration_version),
+        ("parent instance id", &metadata.parent_instance_id),
+    ];
+    for (what, value) in fields {
+        if value.as_deref().is_some_and(codec::has_nul) {
+            return Err(codec::nul_refusal(what, ""));
+        }
+    }
+    for event in events {
+        match &event.kind {
+            EventKind::CustomStatusUpdated {
+                status: Some(status),
+            } if codec::has_nul(status) => return Err(codec::nul_refusal("custom status", "")),
+            EventKind::KeyValueSet { key, .. } | EventKind::KeyValueCleared { key }
+                if codec::has_nul(key) =>
+            {
+                return Err(codec::nul_refusal("KV key", ""));
+            }
+            EventKind::KeyValueSet { key, value, .. } if codec::has_nul(value) => {
+                return Err(codec::nul_refusal(
+                    &format!("value of KV key {}", codec::printable(key)),
+                    "",
+                ));
+            }
+            EventKind::KeyValueSet { key, .. } | EventKind::KeyValueCleared { key }
+                if event.instance_id.len() + key.len() > codec::MAX_KEY_BYTES =>
+            {
+                return Err(Error::Data(format!(
+                    "KV key of {} bytes with an instance id of {} bytes exceeds the {} bytes \
+                     PostgreSQL can index together",
+                    key.len(),
+                    event.instance_id.len(),
+                    codec::MAX_KEY_BYTES
+                )));
+            }
+            _ => {}
         }
     }
     Ok(())
@@ -192,7 +318,7 @@ pub(crate) async fn abandon(
     ignore_attempt: bool,
 ) -> Result<()> {
     let delay_ms = delay.map(codec::millis).unwrap_or(0);
-    let mut conn = pool::get(&p.pool).await?;
+    let mut conn = p.db.lease(Budget::Call).await?;
     let found: bool = select(dx_abandon_orchestration(
         lock_token,
         delay_ms,
@@ -209,7 +335,7 @@ pub(crate) async fn renew(
     lock_token: &str,
     extend_for: Duration,
 ) -> Result<()> {
-    let mut conn = pool::get(&p.pool).await?;
+    let mut conn = p.db.lease(Budget::Call).await?;
     let renewed: bool = select(dx_renew_orchestration_lock(
         lock_token,
         codec::millis(extend_for),
@@ -230,10 +356,11 @@ pub(crate) async fn enqueue(
     delay: Option<Duration>,
 ) -> Result<()> {
     let instance = codec::orchestrator_instance(item)?;
-    let doc = codec::to_json(item)?;
+    codec::refuse_long_instance(instance)?;
+    let doc = codec::storable_item(item)?;
     let kind = codec::kind_of(&doc)?;
     let delay_ms = delay.map(codec::millis).unwrap_or(0);
-    let mut conn = pool::get(&p.pool).await?;
+    let mut conn = p.db.lease(Budget::Call).await?;
     let _id: i64 = select(dx_enqueue_orchestrator(instance, kind, doc, delay_ms))
         .get_result(&mut conn)
         .await?;

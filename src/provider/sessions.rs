@@ -7,10 +7,11 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
 use super::codec;
+use crate::PostgresProvider;
 use crate::error::Result;
+use crate::pool::Budget;
 use crate::procedures::dx_renew_sessions;
 use crate::schema::{sessions, worker_queue};
-use crate::{PostgresProvider, pool};
 
 /// One round trip: extend the non-idle sessions of `owner_ids`.
 pub(crate) async fn renew(
@@ -23,7 +24,7 @@ pub(crate) async fn renew(
         return Ok(0);
     }
     let owners: Vec<String> = owner_ids.iter().map(|s| (*s).to_owned()).collect();
-    let mut conn = pool::get(&p.pool).await?;
+    let mut conn = p.db.lease(Budget::Call).await?;
     let renewed: i64 = select(dx_renew_sessions(
         owners,
         codec::millis(extend_for),
@@ -36,7 +37,7 @@ pub(crate) async fn renew(
 
 /// Deletes expired sessions that no queued activity refers to.
 pub(crate) async fn cleanup_orphaned(p: &PostgresProvider) -> Result<usize> {
-    let mut conn = pool::get(&p.pool).await?;
+    let mut conn = p.db.lease(Budget::Call).await?;
     let removed = diesel::delete(
         sessions::table
             .filter(sessions::locked_until.lt(now))

@@ -9,9 +9,10 @@ use duroxide::{EventKind, SystemStats};
 use serde_json::Value;
 
 use super::codec;
+use crate::PostgresProvider;
 use crate::error::Result;
+use crate::pool::{self, Budget};
 use crate::schema::{history, instances, kv_delta, kv_store};
-use crate::{PostgresProvider, pool};
 
 /// `(status, version)` if the custom status changed after `last_seen_version`.
 pub(crate) async fn custom_status(
@@ -20,7 +21,7 @@ pub(crate) async fn custom_status(
     last_seen_version: u64,
 ) -> Result<Option<(Option<String>, u64)>> {
     let last_seen = i64::try_from(last_seen_version).unwrap_or(i64::MAX);
-    let mut conn = pool::get(&p.pool).await?;
+    let mut conn = p.db.lease(Budget::Call).await?;
     let row: Option<(Option<String>, i64)> = instances::table
         .filter(instances::instance_id.eq(instance))
         .filter(instances::custom_status_version.gt(last_seen))
@@ -37,7 +38,7 @@ pub(crate) async fn kv_value(
     instance: &str,
     key: &str,
 ) -> Result<Option<String>> {
-    let mut conn = pool::get(&p.pool).await?;
+    let mut conn = p.db.lease(Budget::Call).await?;
     let delta: Option<Option<String>> = kv_delta::table
         .filter(kv_delta::instance_id.eq(instance))
         .filter(kv_delta::key.eq(key))
@@ -62,14 +63,11 @@ pub(crate) async fn kv_all(
     p: &PostgresProvider,
     instance: &str,
 ) -> Result<HashMap<String, String>> {
-    let mut conn = pool::get(&p.pool).await?;
+    let mut conn = p.db.lease(Budget::Call).await?;
     kv_merged(&mut conn, instance).await
 }
 
-async fn kv_merged(
-    conn: &mut pool::PooledConn<'_>,
-    instance: &str,
-) -> Result<HashMap<String, String>> {
+async fn kv_merged(conn: &mut pool::Lease<'_>, instance: &str) -> Result<HashMap<String, String>> {
     let stored: Vec<(String, String)> = kv_store::table
         .filter(kv_store::instance_id.eq(instance))
         .select((kv_store::key, kv_store::value))
@@ -95,7 +93,7 @@ pub(crate) async fn instance_stats(
     p: &PostgresProvider,
     instance: &str,
 ) -> Result<Option<SystemStats>> {
-    let mut conn = pool::get(&p.pool).await?;
+    let mut conn = p.db.lease(Budget::Call).await?;
     let Some(execution_id) = instances::table
         .filter(instances::instance_id.eq(instance))
         .select(instances::current_execution_id)

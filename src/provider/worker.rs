@@ -4,14 +4,18 @@
 use std::time::Duration;
 
 use diesel::dsl::select;
+use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use duroxide::providers::{SessionFetchConfig, TagFilter, WorkItem};
-use serde_json::Value;
+use duroxide::{AppErrorKind, ErrorDetails};
+use serde::Deserialize;
+use serde_json::{Value, json};
 
 use super::codec::{self, ClaimedWork, Fetched};
+use crate::PostgresProvider;
 use crate::error::{Error, Result};
+use crate::pool::Budget;
 use crate::procedures::*;
-use crate::{PostgresProvider, pool};
 
 /// What one fetch attempt produced.
 pub(crate) enum Attempt {
@@ -39,6 +43,7 @@ fn tag_arguments(filter: &TagFilter) -> Option<(i32, Vec<String>)> {
 /// One round trip: lock the next matching activity.
 pub(crate) async fn fetch_once(
     p: &PostgresProvider,
+    token: &str,
     lock_timeout: Duration,
     session: Option<&SessionFetchConfig>,
     tag_filter: &TagFilter,
@@ -48,8 +53,9 @@ pub(crate) async fn fetch_once(
     };
     let owner = session.map(|s| s.owner_id.clone());
     let session_lock_ms = session.map(|s| codec::millis(s.lock_timeout)).unwrap_or(0);
-    let mut conn = pool::get(&p.pool).await?;
+    let mut conn = p.db.lease(Budget::Call).await?;
     let doc: Value = select(dx_fetch_work(
+        token,
         codec::millis(lock_timeout),
         owner,
         session_lock_ms,
@@ -61,14 +67,115 @@ pub(crate) async fn fetch_once(
     drop(conn);
     match codec::from_json::<Fetched<ClaimedWork>>(doc, "fetch result")? {
         Fetched::Idle(idle) => Ok(Attempt::Idle(idle.retry_ms)),
-        Fetched::Claimed(c) => {
-            let item = codec::from_json::<WorkItem>(c.item, "worker queue item")?;
-            Ok(Attempt::Item(Box::new(item), c.lock_token, c.attempt_count))
-        }
+        Fetched::Claimed(c) => match decode_activity(&c.item) {
+            Ok(item) => Ok(Attempt::Item(Box::new(item), c.lock_token, c.attempt_count)),
+            Err(error) => stand_in(p, c, error).await,
+        },
     }
 }
 
+/// The stored activity, which must be an `ActivityExecute`: duroxide's worker
+/// dispatcher treats any other work item as state corruption and panics.
+fn decode_activity(doc: &Value) -> std::result::Result<WorkItem, String> {
+    match WorkItem::deserialize(doc) {
+        Ok(item @ WorkItem::ActivityExecute { .. }) => Ok(item),
+        Ok(_) => Err(format!(
+            "stored work item is a {}, not an ActivityExecute",
+            codec::kind_of(doc).unwrap_or_default()
+        )),
+        Err(e) => Err(format!("stored work item does not deserialize: {e}")),
+    }
+}
+
+/// A worker-queue row's routing columns: instance, execution id, activity
+/// id, session id and tag.
+type Route = (
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+);
+
+/// Hands the runtime a stand-in for a locked row that does not decode, so
+/// the row follows duroxide's own path for work it cannot run rather than
+/// coming back after every lock expiry unseen.
+///
+/// The stand-in is an `ActivityExecute` for the row's activity (its routing
+/// columns name the instance, execution and activity id) whose name is
+/// [`UNDECODABLE_ACTIVITY`](crate::UNDECODABLE_ACTIVITY) and whose input holds
+/// the decode error and the stored document. No worker registers that name,
+/// so the runtime abandons the row with a growing delay (a node that can
+/// decode it may take it meanwhile) and, once the attempt count exceeds its
+/// `max_attempts`, completes it as a poisoned activity, which fails the
+/// orchestration with the poison details (the stored document included).
+///
+/// A row without routing columns (never written by this crate) has no
+/// activity to fail: it is deleted, and logged with its stored document.
+/// Costs one more round trip, on this path only.
+async fn stand_in(p: &PostgresProvider, c: ClaimedWork, error: String) -> Result<Attempt> {
+    use crate::schema::worker_queue as q;
+    let mut conn = p.db.lease(Budget::Call).await?;
+    let route: Option<Route> = q::table
+        .filter(q::lock_token.eq(&c.lock_token))
+        .select((
+            q::instance_id,
+            q::execution_id,
+            q::activity_id,
+            q::session_id,
+            q::tag,
+        ))
+        .first(&mut conn)
+        .await
+        .optional()?;
+    drop(conn);
+    let Some((instance, execution_id, activity_id, session_id, tag)) = route else {
+        // The lock expired meanwhile and the row moved on: nothing to hand out.
+        return Ok(Attempt::Idle(Some(0)));
+    };
+    let execution_id = execution_id.and_then(|v| u64::try_from(v).ok());
+    let activity_id = activity_id.and_then(|v| u64::try_from(v).ok());
+    let (Some(instance), Some(execution_id), Some(id)) = (instance, execution_id, activity_id)
+    else {
+        tracing::error!(
+            error = %error,
+            work_item = %c.item,
+            "deleting an undecodable worker queue row that names no activity to fail"
+        );
+        match ack(p, &c.lock_token, None).await {
+            Ok(()) | Err(Error::LockLost) => {}
+            Err(e) => return Err(e),
+        }
+        return Ok(Attempt::Idle(Some(0)));
+    };
+    tracing::warn!(
+        instance = %instance,
+        execution_id,
+        activity_id = id,
+        attempt_count = c.attempt_count,
+        error = %error,
+        "worker queue row does not decode; handing the runtime a stand-in it cannot run"
+    );
+    let input = json!({ "error": error, "work_item": c.item }).to_string();
+    let item = WorkItem::ActivityExecute {
+        instance,
+        execution_id,
+        id,
+        name: crate::UNDECODABLE_ACTIVITY.to_owned(),
+        input,
+        session_id,
+        tag,
+    };
+    Ok(Attempt::Item(Box::new(item), c.lock_token, c.attempt_count))
+}
+
 /// One round trip: delete the activity and enqueue its completion.
+///
+/// An outcome PostgreSQL cannot store (U+0000 in the result or the error)
+/// is replaced by a failure of the activity that says so. Refusing the ack
+/// instead would leave the row locked; duroxide would abandon it, run the
+/// activity again with the same outcome and finally poison it, running the
+/// activity many times to report the same thing.
 pub(crate) async fn ack(
     p: &PostgresProvider,
     token: &str,
@@ -87,20 +194,64 @@ pub(crate) async fn ack(
                     ));
                 }
             };
-            let doc = codec::to_json(item)?;
+            let doc = storable_completion(item)?;
             (Some(instance), Some(codec::kind_of(&doc)?), Some(doc))
         }
     };
-    let mut conn = pool::get(&p.pool).await?;
+    let mut conn = p.db.lease(Budget::Call).await?;
     let done: bool = select(dx_ack_work(token, instance, kind, doc))
         .get_result(&mut conn)
         .await?;
     if done { Ok(()) } else { Err(Error::LockLost) }
 }
 
+/// The completion's document, or that of an application failure of the
+/// same activity when PostgreSQL cannot store the completion.
+fn storable_completion(item: &WorkItem) -> Result<Value> {
+    let doc = codec::to_json(item)?;
+    let Some(at) = codec::nul_pointer(&doc) else {
+        return Ok(doc);
+    };
+    let (instance, execution_id, id, what) = match item {
+        WorkItem::ActivityCompleted {
+            instance,
+            execution_id,
+            id,
+            ..
+        } => (instance, *execution_id, *id, "activity result"),
+        WorkItem::ActivityFailed {
+            instance,
+            execution_id,
+            id,
+            ..
+        } => (instance, *execution_id, *id, "activity error"),
+        _ => return Err(codec::nul_refusal("activity completion", &at)),
+    };
+    let message = codec::nul_message(what, "");
+    tracing::warn!(
+        instance = %codec::printable(instance),
+        execution_id,
+        activity_id = id,
+        at = %at,
+        "{message}; the activity is reported as failed"
+    );
+    // An instance id holding U+0000 still fails here: there is nothing
+    // storable to report to.
+    codec::storable_item(&WorkItem::ActivityFailed {
+        instance: instance.clone(),
+        execution_id,
+        id,
+        details: ErrorDetails::Application {
+            kind: AppErrorKind::ActivityFailed,
+            message,
+            retryable: false,
+        },
+    })
+}
+
 /// One round trip: extend a live activity lock.
 pub(crate) async fn renew(p: &PostgresProvider, token: &str, extend_for: Duration) -> Result<()> {
-    let mut conn = pool::get(&p.pool).await?;
+    let mut conn = p.db.lease(Budget::Call).await?;
     let renewed: bool = select(dx_renew_work_lock(token, codec::millis(extend_for)))
         .get_result(&mut conn)
         .await?;
@@ -119,7 +270,7 @@ pub(crate) async fn abandon(
     ignore_attempt: bool,
 ) -> Result<()> {
     let delay_ms = delay.map(codec::millis).unwrap_or(0);
-    let mut conn = pool::get(&p.pool).await?;
+    let mut conn = p.db.lease(Budget::Call).await?;
     let found: bool = select(dx_abandon_work(token, delay_ms, ignore_attempt))
         .get_result(&mut conn)
         .await?;
@@ -129,8 +280,8 @@ pub(crate) async fn abandon(
 /// One round trip: enqueue an activity execution.
 pub(crate) async fn enqueue(p: &PostgresProvider, item: &WorkItem) -> Result<()> {
     let route = codec::worker_route(item)?;
-    let doc = codec::to_json(item)?;
-    let mut conn = pool::get(&p.pool).await?;
+    let doc = codec::storable_item(item)?;
+    let mut conn = p.db.lease(Budget::Call).await?;
     let _id: i64 = select(dx_enqueue_worker(
         doc,
         Some(route.instance),

@@ -1,0 +1,95 @@
+//! Locks whose holder never learned of them are released at once.
+//!
+//! Lock tokens are chosen here, before the statement that takes the lock is
+//! sent. If that statement's outcome is unknown (it failed, timed out, or
+//! its caller dropped it), the lock may have been committed with nobody to
+//! use it: the instance or activity would wait for the whole lock timeout.
+//! A [`Claim`] that is not [`settled`](Claim::settled) therefore abandons its
+//! token in the background (not counted as an attempt). If no lock was
+//! taken under it, that release finds nothing and changes nothing. If the
+//! release overtakes a statement that is still running on the server and
+//! commits later, that lock expires on its own, as before.
+
+use diesel::dsl::select;
+use diesel_async::RunQueryDsl;
+
+use crate::error::Error;
+use crate::pool::{Budget, Db, bounded};
+use crate::procedures::{dx_abandon_orchestration, dx_abandon_work};
+
+/// Which queue a token locks rows of.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Queue {
+    Orchestrator,
+    Worker,
+}
+
+/// A fresh lock token.
+pub(crate) fn new_token() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// A token about to be used to take a lock; releases it on drop unless
+/// settled.
+pub(crate) struct Claim {
+    db: Db,
+    queue: Queue,
+    token: String,
+    settled: bool,
+}
+
+impl Claim {
+    pub(crate) fn new(db: &Db, queue: Queue) -> Self {
+        Self {
+            db: db.clone(),
+            queue,
+            token: new_token(),
+            settled: false,
+        }
+    }
+
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The caller knows the outcome (a lock it now holds, or none taken).
+    pub(crate) fn settled(mut self) {
+        self.settled = true;
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        // No runtime (it is shutting down): the lock expires on its own.
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (db, queue, token) = (self.db.clone(), self.queue, std::mem::take(&mut self.token));
+        handle.spawn(async move {
+            let released = bounded(&db, Budget::Call, release(&db, queue, token)).await;
+            if let Err(e) = released {
+                tracing::debug!(error = %e, ?queue, "could not release a lock of unknown outcome; it expires on its own");
+            }
+        });
+    }
+}
+
+async fn release(db: &Db, queue: Queue, token: String) -> Result<(), Error> {
+    let mut conn = db.lease(Budget::Call).await?;
+    let _found: bool = match queue {
+        Queue::Orchestrator => {
+            select(dx_abandon_orchestration(token, 0, true))
+                .get_result(&mut conn)
+                .await?
+        }
+        Queue::Worker => {
+            select(dx_abandon_work(token, 0, true))
+                .get_result(&mut conn)
+                .await?
+        }
+    };
+    Ok(())
+}
