@@ -46,14 +46,9 @@ pub fn completion_item(instance: &str, id: u64) -> WorkItem {
     }
 }
 
-/// Acknowledges the first turn of `instance`: its `OrchestrationStarted`
-/// event and the metadata that creates the instance.
-pub async fn ack_first_turn(
-    p: &dyn Provider,
-    instance: &str,
-    token: &str,
-) -> Result<(), ProviderError> {
-    let started = Event::with_event_id(
+/// The `OrchestrationStarted` event of `instance` (version 1.0.0).
+pub fn started_event(instance: &str) -> Event {
+    Event::with_event_id(
         INITIAL_EVENT_ID,
         instance.to_owned(),
         INITIAL_EXECUTION_ID,
@@ -68,7 +63,17 @@ pub async fn ack_first_turn(
             carry_forward_events: None,
             initial_custom_status: None,
         },
-    );
+    )
+}
+
+/// Acknowledges the first turn of `instance`: its `OrchestrationStarted`
+/// event and the metadata that creates the instance.
+pub async fn ack_first_turn(
+    p: &dyn Provider,
+    instance: &str,
+    token: &str,
+) -> Result<(), ProviderError> {
+    let started = started_event(instance);
     let metadata = ExecutionMetadata {
         orchestration_name: Some(ORCHESTRATION.to_owned()),
         orchestration_version: Some("1.0.0".to_owned()),

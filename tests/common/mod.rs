@@ -6,6 +6,7 @@
 pub mod items;
 pub mod pg;
 pub mod proxy;
+pub mod workload;
 
 use std::sync::Arc;
 use std::time::Duration;

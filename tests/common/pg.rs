@@ -269,3 +269,39 @@ fn flock(file: &std::fs::File) {
     let rc = unsafe { flock(file.as_raw_fd(), LOCK_EX) };
     assert_eq!(rc, 0, "flock failed");
 }
+
+/// A throwaway cluster of its own on `port` (started if needed), for tests
+/// that restart or stop the server; its URL. Needs local PostgreSQL
+/// binaries whatever `DATABASE_URL` says.
+pub fn private_cluster(port: u16) -> String {
+    ensure_local_cluster(port);
+    format!("postgres://postgres@127.0.0.1:{port}/postgres")
+}
+
+/// The port for a private cluster: the shared cluster's port plus `offset`.
+pub fn private_port(offset: u16) -> u16 {
+    let base: u16 = std::env::var("DUROXIDE_TEST_PG_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(DEFAULT_PORT);
+    base + offset
+}
+
+/// Restarts a private cluster with a fast shutdown (every connection is
+/// terminated), returning once it accepts connections again.
+pub fn restart_private_cluster(port: u16) {
+    let root = std::env::temp_dir().join(format!("duroxide-diesel-pg-{port}"));
+    let data = root.join("data").to_string_lossy().to_string();
+    // With a log file the new server does not hold on to our output pipes.
+    let log = root.join("postgres.log").to_string_lossy().to_string();
+    let out = run_pg(
+        &bindir().join("pg_ctl"),
+        &["-D", &data, "-l", &log, "-m", "fast", "-w", "restart"],
+    );
+    assert!(
+        out.status.success(),
+        "pg_ctl restart failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

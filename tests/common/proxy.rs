@@ -15,6 +15,13 @@
 //!   was started with, holds a bounded number of connections and bounded
 //!   buffers, and stops (listener and every proxied connection) when dropped.
 //!
+//! * **Faults.** [`Proxy::reset_all`] resets every connection and refuses
+//!   new ones for a while; [`Proxy::stall`] forwards nothing for a while,
+//!   then delivers everything; [`Proxy::black_hole`] makes every connection
+//!   open now, or opened during the next while, silent forever (packets
+//!   dropped by a firewall or NAT that forgot the flow, a host that failed
+//!   over): the sockets stay open and nothing more crosses them.
+//!
 //! Self-contained (std + tokio only) so a benchmark can include it with
 //! `#[path = "../tests/common/proxy.rs"] mod proxy;`.
 //!
@@ -29,13 +36,13 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
@@ -69,12 +76,48 @@ pub struct Snapshot {
     pub server_bytes: u64,
 }
 
+/// Faults being injected, shared by every connection task.
+struct Faults {
+    next_id: AtomicU64,
+    /// Connections with an id below this are black-holed.
+    dead_below: AtomicU64,
+    /// Connections with an id below this deliver nothing more to the client.
+    muted_below: AtomicU64,
+    /// Until when new connections are black-holed, refused, or every
+    /// connection forwards nothing.
+    hole_until: Mutex<Option<Instant>>,
+    refuse_until: Mutex<Option<Instant>>,
+    stall_until: Mutex<Option<Instant>>,
+    /// Bumped to reset every open connection.
+    resets: watch::Sender<u64>,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self {
+            next_id: AtomicU64::new(0),
+            dead_below: AtomicU64::new(0),
+            muted_below: AtomicU64::new(0),
+            hole_until: Mutex::new(None),
+            refuse_until: Mutex::new(None),
+            stall_until: Mutex::new(None),
+            resets: watch::channel(0).0,
+        }
+    }
+}
+
+fn active(until: &Mutex<Option<Instant>>) -> Option<Instant> {
+    let until = *until.lock().unwrap();
+    until.filter(|u| *u > Instant::now())
+}
+
 /// A running proxy; dropping it stops it.
 pub struct Proxy {
     addr: SocketAddr,
     target: SocketAddr,
     delay: Duration,
     counters: Arc<Counters>,
+    faults: Arc<Faults>,
     task: JoinHandle<()>,
 }
 
@@ -87,12 +130,20 @@ impl Proxy {
         let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
         let counters = Arc::new(Counters::default());
-        let task = tokio::spawn(accept_loop(listener, target, delay, Arc::clone(&counters)));
+        let faults = Arc::new(Faults::default());
+        let task = tokio::spawn(accept_loop(
+            listener,
+            target,
+            delay,
+            Arc::clone(&counters),
+            Arc::clone(&faults),
+        ));
         Ok(Proxy {
             addr,
             target,
             delay,
             counters,
+            faults,
             task,
         })
     }
@@ -156,6 +207,36 @@ impl Proxy {
         self.counters.connections.store(0, Ordering::SeqCst);
         self.counters.client_bytes.store(0, Ordering::SeqCst);
         self.counters.server_bytes.store(0, Ordering::SeqCst);
+    }
+
+    /// Resets every open connection (TCP RST to both sides) and refuses new
+    /// connections for `refuse_for`.
+    pub fn reset_all(&self, refuse_for: Duration) {
+        *self.faults.refuse_until.lock().unwrap() = Some(Instant::now() + refuse_for);
+        self.faults.resets.send_modify(|n| *n += 1);
+    }
+
+    /// Forwards nothing in either direction for `duration`, then delivers
+    /// everything held back, in order.
+    pub fn stall(&self, duration: Duration) {
+        *self.faults.stall_until.lock().unwrap() = Some(Instant::now() + duration);
+    }
+
+    /// Every connection open now, and every one opened during the next
+    /// `duration`, goes silent forever: its sockets stay open, nothing more
+    /// is forwarded, nobody is told. Connections opened afterwards work.
+    pub fn black_hole(&self, duration: Duration) {
+        *self.faults.hole_until.lock().unwrap() = Some(Instant::now() + duration);
+        let next = self.faults.next_id.load(Ordering::SeqCst);
+        self.faults.dead_below.store(next, Ordering::SeqCst);
+    }
+
+    /// Every connection open now keeps delivering what the client sends but
+    /// never again anything the server replies: statements run and commit,
+    /// their replies are lost. Connections opened afterwards work.
+    pub fn mute_replies(&self) {
+        let next = self.faults.next_id.load(Ordering::SeqCst);
+        self.faults.muted_below.store(next, Ordering::SeqCst);
     }
 
     /// Resets the counters, runs `work` and returns its output with the
@@ -237,6 +318,7 @@ async fn accept_loop(
     target: SocketAddr,
     delay: Duration,
     counters: Arc<Counters>,
+    faults: Arc<Faults>,
 ) {
     let mut connections = JoinSet::new();
     loop {
@@ -247,8 +329,28 @@ async fn accept_loop(
                         drop(client);
                         continue;
                     }
+                    if active(&faults.refuse_until).is_some() {
+                        reset(client);
+                        continue;
+                    }
                     counters.connections.fetch_add(1, Ordering::SeqCst);
-                    connections.spawn(serve(client, target, delay, Arc::clone(&counters)));
+                    let id = faults.next_id.fetch_add(1, Ordering::SeqCst);
+                    if active(&faults.hole_until).is_some() {
+                        // Accepted, then silent forever: hold the socket.
+                        connections.spawn(async move {
+                            let _held = client;
+                            std::future::pending::<io::Result<()>>().await
+                        });
+                        continue;
+                    }
+                    connections.spawn(serve(
+                        client,
+                        target,
+                        delay,
+                        Arc::clone(&counters),
+                        Arc::clone(&faults),
+                        id,
+                    ));
                 }
                 // E.g. out of descriptors: back off instead of spinning.
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
@@ -258,34 +360,91 @@ async fn accept_loop(
     }
 }
 
-/// Proxies one connection until both directions have ended, or either fails.
+/// Closes a socket with a TCP reset instead of an orderly shutdown.
+fn reset(socket: TcpStream) {
+    #[allow(deprecated)] // blocking only for a non-zero linger
+    let _ = socket.set_linger(Some(Duration::ZERO));
+    drop(socket);
+}
+
+/// Proxies one connection until both directions have ended, either fails,
+/// or [`Proxy::reset_all`] resets it.
 async fn serve(
     client: TcpStream,
     target: SocketAddr,
     delay: Duration,
     counters: Arc<Counters>,
+    faults: Arc<Faults>,
+    id: u64,
 ) -> io::Result<()> {
+    let mut resets = faults.resets.subscribe();
+    resets.mark_unchanged();
     let server = TcpStream::connect(target).await?;
     client.set_nodelay(true)?;
     server.set_nodelay(true)?;
+    // Zero linger: when this task is dropped by a reset, both peers see a
+    // reset rather than an orderly end of stream.
+    #[allow(deprecated)]
+    {
+        client.set_linger(Some(Duration::ZERO))?;
+        server.set_linger(Some(Duration::ZERO))?;
+    }
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
 
     // True when the server has sent something since the last client burst
     // began; starts true so the first burst counts.
     let server_spoke = AtomicBool::new(true);
-    let upstream = pipe(client_read, server_write, delay, |n| {
+    let gate = Gate {
+        faults: &faults,
+        id,
+        replies: false,
+    };
+    let reply_gate = Gate {
+        faults: &faults,
+        id,
+        replies: true,
+    };
+    let upstream = pipe(client_read, server_write, delay, &gate, |n| {
         counters.client_bytes.fetch_add(n, Ordering::SeqCst);
         if server_spoke.swap(false, Ordering::SeqCst) {
             counters.round_trips.fetch_add(1, Ordering::SeqCst);
         }
     });
-    let downstream = pipe(server_read, client_write, delay, |n| {
+    let downstream = pipe(server_read, client_write, delay, &reply_gate, |n| {
         counters.server_bytes.fetch_add(n, Ordering::SeqCst);
         server_spoke.store(true, Ordering::SeqCst);
     });
-    tokio::try_join!(upstream, downstream)?;
+    tokio::select! {
+        done = async { tokio::try_join!(upstream, downstream) } => { done?; }
+        _ = resets.changed() => {}
+    }
     Ok(())
+}
+
+/// Decides when a connection's chunk may be written.
+struct Gate<'a> {
+    faults: &'a Faults,
+    id: u64,
+    /// Server-to-client direction.
+    replies: bool,
+}
+
+impl Gate<'_> {
+    /// Waits out a stall; never returns for a black-holed connection.
+    async fn pass(&self) {
+        loop {
+            if self.id < self.faults.dead_below.load(Ordering::SeqCst)
+                || (self.replies && self.id < self.faults.muted_below.load(Ordering::SeqCst))
+            {
+                std::future::pending::<()>().await;
+            }
+            match active(&self.faults.stall_until) {
+                Some(until) => tokio::time::sleep_until(until).await,
+                None => return,
+            }
+        }
+    }
 }
 
 /// Copies `from` to `to`, each chunk written `delay` after it was read.
@@ -298,6 +457,7 @@ async fn pipe<R, W>(
     mut from: R,
     mut to: W,
     delay: Duration,
+    gate: &Gate<'_>,
     on_read: impl Fn(u64),
 ) -> io::Result<()>
 where
@@ -328,6 +488,7 @@ where
             if due > Instant::now() {
                 tokio::time::sleep_until(due).await;
             }
+            gate.pass().await;
             to.write_all(&chunk).await?;
         }
         to.shutdown().await

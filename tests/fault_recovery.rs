@@ -1,0 +1,193 @@
+//! Faults under load: two runtimes run a durable workload while the network
+//! or the server fails; afterwards every orchestration completes, none
+//! fails, every activity completion is applied exactly once, and work
+//! resumes within a bounded time after the fault ends.
+//!
+//! Margins are generous (the machine running the tests may be busy); the
+//! measured recovery times are printed (`--nocapture`).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::proxy::Proxy;
+use common::workload::{self, Shape, Verdict};
+use common::{TestDb, pg};
+use duroxide_diesel::PostgresProvider;
+
+/// Providers the runtimes use: short call limits so a silent connection is
+/// given up quickly. With `DX_FAULT_DEFAULTS=1` they use the crate's default
+/// limits instead (to measure what a user gets out of the box).
+async fn runtime_provider(url: &str, schema: &str, app: &str) -> Arc<PostgresProvider> {
+    let mut builder = PostgresProvider::builder(url)
+        .schema(schema)
+        .application_name(app)
+        .max_connections(6);
+    if std::env::var("DX_FAULT_DEFAULTS").as_deref() != Ok("1") {
+        builder = builder
+            .connect_timeout(Duration::from_secs(3))
+            .call_timeout(Duration::from_secs(3))
+            .listener_heartbeat(Duration::from_secs(3));
+    }
+    Arc::new(builder.build().await.expect("runtime provider"))
+}
+
+fn check(name: &str, v: &Verdict, shape: Shape, max_recovery: Duration) {
+    eprintln!(
+        "{name}: completed {} failed {} stuck {} miscounted {} duplicates {} recovery {:?} drained {:?}",
+        v.completed, v.failed, v.stuck, v.miscounted, v.duplicates, v.recovery, v.drained
+    );
+    assert_eq!(v.completed, shape.orchestrations, "{name}: {v:?}");
+    assert_eq!(v.failed, 0, "{name}: {v:?}");
+    assert_eq!(v.stuck, 0, "{name}: {v:?}");
+    assert_eq!(v.miscounted, 0, "{name}: {v:?}");
+    let recovery = v.recovery.expect("work resumed after the fault");
+    assert!(
+        recovery <= max_recovery,
+        "{name}: work resumed {recovery:?} after the fault ended (limit {max_recovery:?})"
+    );
+}
+
+/// Runs the workload through a proxy with `fault` applied to it once the
+/// workload is in full swing.
+async fn through_proxy(name: &str, fault: impl FnOnce(&Proxy) -> Duration, max_recovery: Duration) {
+    let db = TestDb::new().await;
+    let observer = Arc::new(db.provider().await);
+    let proxy = Proxy::for_url(&db.url, Duration::ZERO).await.unwrap();
+    let app = format!("dx-{name}");
+    let runtimes = vec![
+        runtime_provider(&proxy.url(&db.url), &db.schema, &app).await,
+        runtime_provider(&proxy.url(&db.url), &db.schema, &app).await,
+    ];
+    let shape = Shape::default();
+    let p = &proxy;
+    let verdict = workload::run(
+        shape,
+        runtimes,
+        observer.clone(),
+        Duration::from_secs(90),
+        |journal| async move {
+            workload::until_executions(&journal, 20, Duration::from_secs(30)).await;
+            let lasts = fault(p);
+            tokio::time::sleep(lasts).await;
+        },
+    )
+    .await;
+    check(name, &verdict, shape, max_recovery);
+    drop(observer);
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn black_hole_then_recovery() {
+    // Every socket open during the hole stays silent forever: only call
+    // limits, the checkout retry and the listener heartbeat get work going.
+    through_proxy(
+        "black-hole",
+        |p| {
+            p.black_hole(Duration::from_secs(8));
+            Duration::from_secs(8)
+        },
+        Duration::from_secs(10),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_reset_and_refused_then_recovery() {
+    through_proxy(
+        "reset-refuse",
+        |p| {
+            p.reset_all(Duration::from_secs(4));
+            Duration::from_secs(4)
+        },
+        Duration::from_secs(5),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stalled_network_then_recovery() {
+    through_proxy(
+        "stall",
+        |p| {
+            p.stall(Duration::from_secs(8));
+            Duration::from_secs(8)
+        },
+        Duration::from_secs(5),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn backends_killed_repeatedly_then_recovery() {
+    let db = TestDb::new().await;
+    let observer = Arc::new(db.provider().await);
+    let app = format!("dx-kill-{}", &db.schema[4..]);
+    let runtimes = vec![
+        runtime_provider(&db.url, &db.schema, &app).await,
+        runtime_provider(&db.url, &db.schema, &app).await,
+    ];
+    let shape = Shape::default();
+    let killer = TestDb {
+        url: db.url.clone(),
+        schema: db.schema.clone(),
+    };
+    let verdict = workload::run(
+        shape,
+        runtimes,
+        observer.clone(),
+        Duration::from_secs(90),
+        |journal| async move {
+            workload::until_executions(&journal, 20, Duration::from_secs(30)).await;
+            for _ in 0..5 {
+                killer
+                    .scalar(&format!(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                         WHERE application_name = '{app}'"
+                    ))
+                    .await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        },
+    )
+    .await;
+    check("backend-kill", &verdict, shape, Duration::from_secs(5));
+    drop(observer);
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn server_restart_then_recovery() {
+    // A cluster of this test's own: restarting the shared one would break
+    // the tests running beside this one.
+    let port = pg::private_port(7);
+    let url = pg::private_cluster(port);
+    let db = TestDb {
+        url: url.clone(),
+        schema: common::unique_schema("dxr"),
+    };
+    let observer = Arc::new(db.provider().await);
+    let runtimes = vec![
+        runtime_provider(&url, &db.schema, "dx-restart").await,
+        runtime_provider(&url, &db.schema, "dx-restart").await,
+    ];
+    let shape = Shape::default();
+    let verdict = workload::run(
+        shape,
+        runtimes,
+        observer.clone(),
+        Duration::from_secs(90),
+        |journal| async move {
+            workload::until_executions(&journal, 20, Duration::from_secs(30)).await;
+            tokio::task::spawn_blocking(move || pg::restart_private_cluster(port))
+                .await
+                .unwrap();
+        },
+    )
+    .await;
+    check("server-restart", &verdict, shape, Duration::from_secs(5));
+    drop(observer);
+    db.cleanup().await;
+}

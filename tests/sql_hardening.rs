@@ -1,0 +1,511 @@
+//! The stored procedures cannot be hijacked through their own schema.
+//!
+//! Procedures run with search_path pinned to the provider's schema. A role
+//! that may CREATE there can plant a function or operator whose argument
+//! types match a call more exactly than the pg_catalog built-in (CVE-2018-1058).
+//! This test plants such overloads for every call that migrations 000002
+//! and 000003 made with coerced argument types, drives every procedure, and checks that none of
+//! the planted objects ran. Each one records its call and then does what the
+//! built-in would, so the provider keeps working and the failure lists every
+//! captured call; a few captures instead break parsing, which fails the call.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::TestDb;
+use common::items::{ORCHESTRATION, activity_item, completion_item, start_item, started_event};
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use duroxide::providers::{ExecutionMetadata, Provider, ProviderError, TagFilter, WorkItem};
+use duroxide::{
+    DispatcherCapabilityFilter, Event, EventKind, INITIAL_EXECUTION_ID, InstanceFilter,
+    ProviderAdmin, PruneOptions, SemverRange, SessionFetchConfig,
+};
+
+const LOCK: Duration = Duration::from_secs(30);
+
+/// Overloads that capture a call as migrations 000002 and 000003 wrote it, as
+/// (signature, result type, delegating body). `$1`, `$2`: the arguments.
+const FUNCTIONS: &[(&str, &str, &str)] = &[
+    (
+        "hashtextextended(text, integer)",
+        "bigint",
+        "pg_catalog.hashtextextended($1, $2::bigint)",
+    ),
+    (
+        "to_timestamp(numeric)",
+        "timestamptz",
+        "pg_catalog.to_timestamp($1::float8)",
+    ),
+    (
+        "jsonb_build_object(text, integer)",
+        "jsonb",
+        "pg_catalog.jsonb_build_object($1, $2)",
+    ),
+    (
+        "jsonb_build_object(text, bigint)",
+        "jsonb",
+        "pg_catalog.jsonb_build_object($1, $2)",
+    ),
+    (
+        "jsonb_build_object(text, text)",
+        "jsonb",
+        "pg_catalog.jsonb_build_object($1, $2)",
+    ),
+    (
+        "jsonb_build_object(text, text, text, text)",
+        "jsonb",
+        "pg_catalog.jsonb_build_object($1, $2, $3, $4)",
+    ),
+    (
+        "jsonb_build_array(text, bigint)",
+        "jsonb",
+        "pg_catalog.jsonb_build_array($1, $2)",
+    ),
+    ("format(text, text)", "text", "pg_catalog.format($1, $2)"),
+    (
+        "cardinality(bigint[])",
+        "integer",
+        "pg_catalog.cardinality($1)",
+    ),
+];
+
+/// Operators, as (name, left, right, result, delegating body).
+const OPERATORS: &[(&str, &str, &str, &str, &str)] = &[
+    ("*", "bigint", "interval", "interval", "$1::float8 * $2"),
+    ("*", "numeric", "integer", "numeric", "$1 * $2::numeric"),
+    ("/", "bigint", "numeric", "numeric", "$1::numeric / $2"),
+    (
+        "/",
+        "double precision",
+        "integer",
+        "double precision",
+        "$1 / $2::float8",
+    ),
+    ("||", "name", "text", "text", "$1::text || $2"),
+    (
+        "||",
+        "text[]",
+        "text[]",
+        "text[]",
+        "pg_catalog.array_cat($1, $2)",
+    ),
+    (
+        ">=",
+        "integer[]",
+        "integer[]",
+        "boolean",
+        "$1 OPERATOR(pg_catalog.>=) $2",
+    ),
+    (
+        "<=",
+        "integer[]",
+        "integer[]",
+        "boolean",
+        "$1 OPERATOR(pg_catalog.<=) $2",
+    ),
+    (
+        "->>",
+        "jsonb",
+        "jsonb",
+        "text",
+        "$1 ->> ($2 #>> '{}'::text[])",
+    ),
+    (
+        "->",
+        "jsonb",
+        "jsonb",
+        "jsonb",
+        "$1 -> ($2 #>> '{}'::text[])",
+    ),
+    (
+        "?",
+        "jsonb",
+        "jsonb",
+        "boolean",
+        "$1 ? ($2 #>> '{}'::text[])",
+    ),
+];
+
+/// Aggregates, as (name, argument types, state transition body over the
+/// state `$1` and the arguments `$2`, `$3`).
+const AGGREGATES: &[(&str, &str, &str)] = &[
+    (
+        "jsonb_agg",
+        "jsonb",
+        "coalesce($1, '[]'::jsonb) || pg_catalog.jsonb_build_array($2)",
+    ),
+    (
+        "jsonb_object_agg",
+        "text, jsonb",
+        "coalesce($1, '{}'::jsonb) || pg_catalog.jsonb_build_object($2, $3)",
+    ),
+    ("array_agg", "text", "pg_catalog.array_append($1, $2)"),
+];
+
+/// Plants every overload in `schema`, plus a table recording their calls.
+fn plant_sql(schema: &str) -> String {
+    let s = format!("\"{schema}\"");
+    let record = |what: &str| format!("INSERT INTO {s}.planted_calls VALUES ('{what}');");
+    let mut sql = format!("CREATE TABLE {s}.planted_calls (what TEXT NOT NULL);\n");
+    for (sig, ret, body) in FUNCTIONS {
+        sql += &format!(
+            "CREATE FUNCTION {s}.{sig} RETURNS {ret} LANGUAGE plpgsql AS $f$ \
+             BEGIN {} RETURN {body}; END $f$;\n",
+            record(sig)
+        );
+    }
+    sql += &format!(
+        "CREATE FUNCTION {s}.unnest(text[]) RETURNS SETOF text LANGUAGE plpgsql AS $f$ \
+         BEGIN {} RETURN QUERY SELECT pg_catalog.unnest($1); END $f$;\n",
+        record("unnest(text[])")
+    );
+    for (n, (op, left, right, ret, body)) in OPERATORS.iter().enumerate() {
+        let what = format!("{op}({left}, {right})");
+        sql += &format!(
+            "CREATE FUNCTION {s}.planted_op_{n}({left}, {right}) RETURNS {ret} LANGUAGE plpgsql \
+             AS $f$ BEGIN {} RETURN {body}; END $f$;\n\
+             CREATE OPERATOR {s}.{op} (LEFTARG = {left}, RIGHTARG = {right}, \
+             FUNCTION = {s}.planted_op_{n});\n",
+            record(&what)
+        );
+    }
+    for (n, (name, args, step)) in AGGREGATES.iter().enumerate() {
+        let state = if *name == "array_agg" {
+            "text[]"
+        } else {
+            "jsonb"
+        };
+        sql += &format!(
+            "CREATE FUNCTION {s}.planted_step_{n}({state}, {args}) RETURNS {state} \
+             LANGUAGE plpgsql AS $f$ BEGIN {} RETURN {step}; END $f$;\n\
+             CREATE AGGREGATE {s}.{name}({args}) (SFUNC = {s}.planted_step_{n}, STYPE = {state});\n",
+            record(&format!("{name}({args})"))
+        );
+    }
+    sql
+}
+
+/// The planted objects that ran so far, comma-separated ("" if none).
+async fn captured(db: &TestDb) -> String {
+    db.scalar("SELECT string_agg(DISTINCT what, ', ') FROM planted_calls")
+        .await
+        .unwrap_or_default()
+}
+
+/// Unwraps a provider result; a failure is reported with the captures so far.
+async fn ok<T>(db: &TestDb, call: &str, result: Result<T, ProviderError>) -> T {
+    match result {
+        Ok(v) => v,
+        Err(e) => panic!(
+            "{call} failed: {e:?}\nplanted objects called so far: [{}]",
+            captured(db).await
+        ),
+    }
+}
+
+fn now_ms() -> u64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970");
+    u64::try_from(since.as_millis()).expect("milliseconds fit u64")
+}
+
+fn version(s: &str) -> semver::Version {
+    semver::Version::parse(s).expect("version")
+}
+
+/// Metadata creating an instance, optionally a child of `parent`.
+fn creating(parent: Option<&str>) -> ExecutionMetadata {
+    ExecutionMetadata {
+        orchestration_name: Some(ORCHESTRATION.to_owned()),
+        orchestration_version: Some("1.0.0".to_owned()),
+        parent_instance_id: parent.map(str::to_owned),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overloads_planted_in_the_schema_are_never_called() {
+    let db = TestDb::new().await;
+    let p = db.provider().await;
+    common::exec(&db.url, &plant_sql(&db.schema)).await;
+    let short = Some(Duration::from_millis(1));
+    let default_only = TagFilter::DefaultOnly;
+    let fetch = || p.fetch_orchestration_item(LOCK, Duration::ZERO, None);
+    let fetch_work = || p.fetch_work_item(LOCK, Duration::ZERO, None, &default_only);
+
+    // Orchestrator queue: enqueue, fetch, renew, abandon, fetch again, then
+    // a first turn that pins the version, schedules an activity and sets a
+    // timer an hour from now.
+    ok(
+        &db,
+        "enqueue",
+        p.enqueue_for_orchestrator(start_item("a"), None).await,
+    )
+    .await;
+    let (_, token, _) = ok(&db, "fetch", fetch().await)
+        .await
+        .expect("a start is claimable");
+    ok(
+        &db,
+        "renew",
+        p.renew_orchestration_item_lock(&token, LOCK).await,
+    )
+    .await;
+    ok(
+        &db,
+        "abandon",
+        p.abandon_orchestration_item(&token, short, false).await,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (item, token, attempts) = ok(&db, "fetch", fetch().await)
+        .await
+        .expect("claimable again");
+    assert_eq!((item.instance.as_str(), attempts), ("a", 2));
+    let timer = WorkItem::TimerFired {
+        instance: "a".to_owned(),
+        execution_id: INITIAL_EXECUTION_ID,
+        id: 2,
+        fire_at_ms: now_ms() + 3_600_000,
+    };
+    let pinned = ExecutionMetadata {
+        pinned_duroxide_version: Some(version("1.0.0")),
+        ..creating(None)
+    };
+    let acked = p
+        .ack_orchestration_item(
+            &token,
+            INITIAL_EXECUTION_ID,
+            vec![started_event("a")],
+            vec![activity_item("a", 1)],
+            vec![timer],
+            pinned,
+            vec![],
+        )
+        .await;
+    ok(&db, "ack", acked).await;
+
+    // Worker queue: the same, then a completion back to the orchestration.
+    let (_, token, _) = ok(&db, "fetch work", fetch_work().await)
+        .await
+        .expect("activity claimable");
+    ok(
+        &db,
+        "renew work",
+        p.renew_work_item_lock(&token, LOCK).await,
+    )
+    .await;
+    ok(
+        &db,
+        "abandon work",
+        p.abandon_work_item(&token, short, false).await,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (_, token, _) = ok(&db, "fetch work", fetch_work().await)
+        .await
+        .expect("claimable again");
+    ok(
+        &db,
+        "ack work",
+        p.ack_work_item(&token, Some(completion_item("a", 1))).await,
+    )
+    .await;
+
+    // A plain enqueue; once it is locked, an idle fetch waits for its expiry.
+    ok(
+        &db,
+        "enqueue work",
+        p.enqueue_for_worker(activity_item("other", 1)).await,
+    )
+    .await;
+    assert!(ok(&db, "fetch work", fetch_work().await).await.is_some());
+    assert!(
+        ok(&db, "idle fetch work", fetch_work().await)
+            .await
+            .is_none()
+    );
+
+    // Sessions: claim one through a fetch, then heartbeat it.
+    let mut in_session = activity_item("other", 2);
+    if let WorkItem::ActivityExecute { session_id, .. } = &mut in_session {
+        *session_id = Some("s1".to_owned());
+    }
+    ok(
+        &db,
+        "enqueue session work",
+        p.enqueue_for_worker(in_session).await,
+    )
+    .await;
+    let owner = SessionFetchConfig {
+        owner_id: "w1".to_owned(),
+        lock_timeout: LOCK,
+    };
+    let fetched = p
+        .fetch_work_item(LOCK, Duration::ZERO, Some(&owner), &default_only)
+        .await;
+    assert!(ok(&db, "fetch session work", fetched).await.is_some());
+    let renewed = ok(
+        &db,
+        "renew sessions",
+        p.renew_session_lock(&["w1"], LOCK, LOCK).await,
+    )
+    .await;
+    assert_eq!(renewed, 1);
+
+    // A dispatcher with a capability filter takes the completion; the turn
+    // sets a key and completes the instance.
+    let filter = DispatcherCapabilityFilter {
+        supported_duroxide_versions: vec![SemverRange::new(version("0.0.0"), version("9.9.9"))],
+    };
+    let fetched = p
+        .fetch_orchestration_item(LOCK, Duration::ZERO, Some(&filter))
+        .await;
+    let (item, token, _) = ok(&db, "filtered fetch", fetched)
+        .await
+        .expect("a matches the filter");
+    assert_eq!(item.instance, "a");
+    let set = Event::with_event_id(
+        2,
+        "a".to_owned(),
+        INITIAL_EXECUTION_ID,
+        None,
+        EventKind::KeyValueSet {
+            key: "k".to_owned(),
+            value: "v".to_owned(),
+            last_updated_at_ms: now_ms(),
+        },
+    );
+    let done = ExecutionMetadata {
+        status: Some("Completed".to_owned()),
+        output: Some("done".to_owned()),
+        ..Default::default()
+    };
+    let acked = p
+        .ack_orchestration_item(
+            &token,
+            INITIAL_EXECUTION_ID,
+            vec![set],
+            vec![],
+            vec![],
+            done,
+            vec![],
+        )
+        .await;
+    ok(&db, "completing ack", acked).await;
+
+    // A later turn loads the stored key.
+    let message = WorkItem::QueueMessage {
+        instance: "a".to_owned(),
+        name: "late".to_owned(),
+        data: "{}".to_owned(),
+    };
+    ok(
+        &db,
+        "enqueue",
+        p.enqueue_for_orchestrator(message, None).await,
+    )
+    .await;
+    let (item, token, _) = ok(&db, "fetch", fetch().await)
+        .await
+        .expect("a has a message");
+    assert!(item.kv_snapshot.contains_key("k"), "{:?}", item.kv_snapshot);
+    let acked = p
+        .ack_orchestration_item(
+            &token,
+            INITIAL_EXECUTION_ID,
+            vec![],
+            vec![],
+            vec![],
+            Default::default(),
+            vec![],
+        )
+        .await;
+    ok(&db, "ack", acked).await;
+
+    // A child instance of a.
+    ok(
+        &db,
+        "enqueue",
+        p.enqueue_for_orchestrator(start_item("b"), None).await,
+    )
+    .await;
+    let (_, token, _) = ok(&db, "fetch", fetch().await)
+        .await
+        .expect("b is claimable");
+    let acked = p
+        .ack_orchestration_item(
+            &token,
+            INITIAL_EXECUTION_ID,
+            vec![started_event("b")],
+            vec![],
+            vec![],
+            creating(Some("a")),
+            vec![],
+        )
+        .await;
+    ok(&db, "ack", acked).await;
+
+    // Idle: computes when to look again (the timer is an hour away).
+    assert!(ok(&db, "idle fetch", fetch().await).await.is_none());
+    // Busy: the only ready instance's key is held by another session.
+    ok(
+        &db,
+        "enqueue",
+        p.enqueue_for_orchestrator(start_item("c"), None).await,
+    )
+    .await;
+    let mut holder = AsyncPgConnection::establish(&db.url)
+        .await
+        .expect("connect");
+    let key = format!("hashtextextended('{}' || '/' || 'c', 0)", db.schema);
+    holder
+        .batch_execute(&format!("SELECT pg_advisory_lock({key})"))
+        .await
+        .expect("lock");
+    assert!(ok(&db, "busy fetch", fetch().await).await.is_none());
+    drop(holder);
+
+    // Administration: prune, refusals, bulk and forced deletion of a tree.
+    let admin: &dyn ProviderAdmin = &p;
+    ok(
+        &db,
+        "prune",
+        admin.prune_executions("a", PruneOptions::default()).await,
+    )
+    .await;
+    assert!(admin.delete_instance("missing", false).await.is_err());
+    let filter = InstanceFilter {
+        instance_ids: Some(vec!["a".to_owned()]),
+        ..Default::default()
+    };
+    let deleted = ok(&db, "bulk delete", admin.delete_instance_bulk(filter).await).await;
+    assert_eq!(deleted.instances_deleted, 0, "a's child b is still running");
+    let deleted = ok(&db, "delete", admin.delete_instance("a", true).await).await;
+    assert_eq!(deleted.instances_deleted, 2);
+
+    assert_eq!(captured(&db).await, "", "planted objects were called");
+    drop(p);
+    db.cleanup().await;
+}
+
+/// The procedures resolve built-ins the same way whatever search_path the
+/// caller has: every function pins its own.
+#[tokio::test]
+async fn every_procedure_pins_its_search_path() {
+    let db = TestDb::new().await;
+    let p = db.provider().await;
+    let unpinned = db
+        .scalar(
+            "SELECT string_agg(p.proname, ', ') FROM pg_proc p \
+             JOIN pg_namespace n ON n.oid = p.pronamespace AND n.nspname = current_schema() \
+             WHERE p.proname LIKE 'dx\\_%' \
+               AND NOT coalesce(p.proconfig::text[] && ARRAY['search_path=' || current_schema()], false)",
+        )
+        .await;
+    assert_eq!(unpinned, None, "functions without a pinned search_path");
+    drop(p);
+    db.cleanup().await;
+}
