@@ -23,7 +23,7 @@ use duroxide::providers::ProviderError;
 /// | unique, foreign-key, not-null, check, exclusion violations | permanent | the same call would violate the same constraint |
 /// | invalid lock token ([`Error::LockLost`]) | permanent | the lock is gone for good |
 /// | invalid data, options, URL or schema name; a row that does not decode | permanent | the same input fails the same way |
-/// | migration failure | permanent | needs an operator |
+/// | migration failure, schema migrations not those of this build | permanent | needs an operator |
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -68,6 +68,21 @@ pub enum Error {
     #[error("schema migration failed: {0}")]
     Migration(String),
 
+    /// The schema's applied migrations are not the ones compiled into this
+    /// build: some are missing (with [`MigrationMode::Verify`](crate::MigrationMode::Verify),
+    /// which never migrates), or some are unknown because a newer version of
+    /// this crate migrated the schema (refused in every mode: this build
+    /// would not know the newer tables and functions).
+    #[error("{}", schema_mismatch_message(schema, missing, unknown))]
+    SchemaMismatch {
+        /// The schema checked.
+        schema: String,
+        /// Versions compiled into this build that the schema lacks.
+        missing: Vec<String>,
+        /// Versions the schema has that this build does not know.
+        unknown: Vec<String>,
+    },
+
     /// A statement failed.
     #[error("database error: {0}")]
     Database(#[from] DieselError),
@@ -94,6 +109,7 @@ impl Error {
             | Error::InvalidUrl(_)
             | Error::InvalidOption(_)
             | Error::Migration(_)
+            | Error::SchemaMismatch { .. }
             | Error::Data(_)
             | Error::LockLost => false,
         }
@@ -134,6 +150,25 @@ fn diesel_error_is_retryable(e: &DieselError) -> bool {
         DieselError::BrokenTransactionManager | DieselError::RollbackErrorOnCommit { .. } => true,
         _ => false,
     }
+}
+
+fn schema_mismatch_message(schema: &str, missing: &[String], unknown: &[String]) -> String {
+    let mut message = format!("schema {schema:?} does not match this build of duroxide-diesel");
+    if !unknown.is_empty() {
+        message.push_str(&format!(
+            "; it has migrations this build does not know ({}): a newer version of duroxide-diesel \
+             migrated it, so run that version (or newer) instead",
+            unknown.join(", ")
+        ));
+    }
+    if !missing.is_empty() {
+        message.push_str(&format!(
+            "; it lacks migrations {}: apply them first (MigrationMode::Apply with a role that may \
+             run DDL, or the diesel CLI as described in the README)",
+            missing.join(", ")
+        ));
+    }
+    message
 }
 
 /// Result alias used throughout the crate.
@@ -189,10 +224,35 @@ mod tests {
             Error::Data("bad".into()),
             Error::InvalidOption("x".into()),
             Error::Migration("x".into()),
+            Error::SchemaMismatch {
+                schema: "s".into(),
+                missing: vec!["1".into()],
+                unknown: vec![],
+            },
             Error::Database(DieselError::NotFound),
         ] {
             assert!(!e.is_retryable(), "{e}");
         }
+    }
+
+    #[test]
+    fn schema_mismatch_names_what_is_missing_and_unknown() {
+        let e = Error::SchemaMismatch {
+            schema: "dx".into(),
+            missing: vec!["20261126000001".into()],
+            unknown: vec!["29990101000000".into()],
+        };
+        let text = e.to_string();
+        assert!(text.contains("\"dx\""), "{text}");
+        assert!(text.contains("lacks migrations 20261126000001"), "{text}");
+        assert!(text.contains("does not know (29990101000000)"), "{text}");
+        let only_missing = Error::SchemaMismatch {
+            schema: "dx".into(),
+            missing: vec!["1".into()],
+            unknown: vec![],
+        }
+        .to_string();
+        assert!(!only_missing.contains("newer"), "{only_missing}");
     }
 
     #[test]

@@ -46,7 +46,7 @@ mod tls;
 use std::time::Duration;
 
 pub use error::{Error, Result};
-pub use migrate::MIGRATIONS;
+pub use migrate::{MIGRATIONS, MigrationMode, grant_statements};
 pub use options::{DEFAULT_SCHEMA, Options};
 
 /// Name of the stand-in activity handed to the runtime for a worker-queue
@@ -125,8 +125,8 @@ impl std::fmt::Debug for PostgresProvider {
 }
 
 impl PostgresProvider {
-    /// Connects to `database_url`, applies the migrations to the `public`
-    /// schema and returns a ready provider.
+    /// Connects to `database_url`, applies pending migrations to the
+    /// [`DEFAULT_SCHEMA`] (`duroxide`) and returns a ready provider.
     ///
     /// The URL is a standard PostgreSQL URL or key-value string
     /// (`postgres://user:pass@host:5432/db?application_name=x&connect_timeout=5`).
@@ -171,8 +171,14 @@ pub struct PostgresProviderBuilder {
 }
 
 impl PostgresProviderBuilder {
-    /// Schema for the provider's tables (default `public`). Must be a plain
-    /// lowercase identifier of at most 63 bytes; it is created if absent.
+    /// Schema for the provider's tables, functions and migration bookkeeping
+    /// (default [`DEFAULT_SCHEMA`], `duroxide`). Must be a plain lowercase
+    /// identifier of at most 63 bytes; with [`MigrationMode::Apply`] it is
+    /// created if absent.
+    ///
+    /// `public` works too, but then diesel's `__diesel_schema_migrations`
+    /// table there records this crate's migrations next to an application's
+    /// own, and the application's `diesel print-schema` sees these tables.
     pub fn schema(mut self, schema: impl Into<String>) -> Self {
         self.options.schema = schema.into();
         self
@@ -269,15 +275,33 @@ impl PostgresProviderBuilder {
         self
     }
 
-    /// Validates the options, applies pending migrations and returns the provider.
+    /// Apply pending migrations on start ([`MigrationMode::Apply`], the
+    /// default) or only verify that the schema has exactly this build's
+    /// migrations ([`MigrationMode::Verify`]). Either way a schema migrated
+    /// by a newer version of this crate is refused.
+    pub fn migrations(mut self, mode: MigrationMode) -> Self {
+        self.options.migrations = mode;
+        self
+    }
+
+    /// Validates the options, brings the schema's migrations up to date (or
+    /// verifies them, see [`migrations`](Self::migrations)) and returns the provider.
     ///
     /// Fails with a clear [`Error`] for a malformed URL, an unsafe schema name,
-    /// an unreachable server or bad credentials, within the connect timeout.
+    /// an unreachable server or bad credentials (within the connect timeout),
+    /// and with [`Error::SchemaMismatch`] for a schema whose migrations are
+    /// not this build's.
     pub async fn build(self) -> Result<PostgresProvider> {
         let Self { url, options } = self;
         options.validate()?;
         let connector = pool::Connector::new(&url, &options)?;
-        migrate::run(&connector, &options.schema, options.admin_call_timeout).await?;
+        migrate::run(
+            &connector,
+            &options.schema,
+            options.migrations,
+            options.admin_call_timeout,
+        )
+        .await?;
         let db = pool::Db::new(&connector, &options);
         Ok(PostgresProvider {
             db,

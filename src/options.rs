@@ -3,9 +3,12 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::migrate::MigrationMode;
 
-/// Schema used when none is given.
-pub const DEFAULT_SCHEMA: &str = "public";
+/// Schema used when none is given: a schema of the provider's own, so its
+/// tables, functions and migration bookkeeping never mix with an
+/// application's objects in `public`.
+pub const DEFAULT_SCHEMA: &str = "duroxide";
 
 /// Settings of a [`PostgresProvider`](crate::PostgresProvider); build one
 /// with [`PostgresProvider::builder`](crate::PostgresProvider::builder).
@@ -23,6 +26,7 @@ pub struct Options {
     pub(crate) tcp_keepalive: Option<Duration>,
     pub(crate) tcp_user_timeout: Option<Duration>,
     pub(crate) listener_heartbeat: Duration,
+    pub(crate) migrations: MigrationMode,
 }
 
 impl std::fmt::Debug for Options {
@@ -40,6 +44,7 @@ impl std::fmt::Debug for Options {
             .field("tcp_keepalive", &self.tcp_keepalive)
             .field("tcp_user_timeout", &self.tcp_user_timeout)
             .field("listener_heartbeat", &self.listener_heartbeat)
+            .field("migrations", &self.migrations)
             .finish()
     }
 }
@@ -59,6 +64,7 @@ impl Default for Options {
             tcp_keepalive: Some(Duration::from_secs(10)),
             tcp_user_timeout: Some(Duration::from_secs(10)),
             listener_heartbeat: Duration::from_secs(10),
+            migrations: MigrationMode::Apply,
         }
     }
 }
@@ -67,6 +73,11 @@ impl Options {
     /// The schema holding the provider's tables and functions.
     pub fn schema(&self) -> &str {
         &self.schema
+    }
+
+    /// Whether start-up applies pending migrations or only verifies them.
+    pub fn migrations(&self) -> MigrationMode {
+        self.migrations
     }
 
     /// Maximum number of pooled connections.

@@ -100,14 +100,9 @@ impl Connector {
         })
     }
 
-    /// The per-connection session setup statements.
-    pub(crate) fn setup_sql(&self) -> &str {
-        &self.setup_sql
-    }
-
     /// Opens one connection (TLS unless the URL says `sslmode=disable`) and
-    /// runs `setup_sql` (default: the session setup), bounded by the connect timeout.
-    pub(crate) async fn connect_with(&self, setup_sql: Option<&str>) -> Result<AsyncPgConnection> {
+    /// runs the session setup, bounded by the connect timeout.
+    pub(crate) async fn connect(&self) -> Result<AsyncPgConnection> {
         let attempt = async {
             let mut conn = if self.config.get_ssl_mode() == SslMode::Disable {
                 let (client, connection) =
@@ -119,18 +114,12 @@ impl Connector {
                 AsyncPgConnection::try_from_client_and_connection(client, connection).await
             }
             .map_err(|e| Error::Connect(e.to_string()))?;
-            conn.batch_execute(setup_sql.unwrap_or(&self.setup_sql))
-                .await?;
+            conn.batch_execute(&self.setup_sql).await?;
             Ok::<_, Error>(conn)
         };
         tokio::time::timeout(self.timeout, attempt)
             .await
             .map_err(|_| Error::ConnectTimeout(self.timeout))?
-    }
-
-    /// Opens one connection with the session setup applied.
-    pub(crate) async fn connect(&self) -> Result<AsyncPgConnection> {
-        self.connect_with(None).await
     }
 }
 
