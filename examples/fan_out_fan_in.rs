@@ -17,7 +17,7 @@
 //! * `ctx.schedule_timer` is durable: the timer is a row in PostgreSQL, so
 //!   it fires even if the process restarts while the orchestration waits.
 //! * `ctx.select2` races the fan-in activity against a durable timer; the
-//!   loser is cancelled.
+//!   loser is dropped.
 //!
 //! Uses `DATABASE_URL` when set; otherwise starts a throwaway local
 //! PostgreSQL from the binaries installed on this machine, as the tests do.
