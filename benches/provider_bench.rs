@@ -17,15 +17,10 @@
 //! Knobs (environment): DXBENCH_QUICK=1 (1 run, 3 s stress, fewer samples),
 //! DXBENCH_RUNS, DXBENCH_STRESS_SECS, DXBENCH_SAMPLES (dispatch latency),
 //! DXBENCH_IDLE_SECS, DXBENCH_SECTIONS (e.g. "bd"), DATABASE_URL (else the
-//! test harness starts a throwaway PostgreSQL on port 55433), RUST_LOG.
+//! testkit starts a throwaway PostgreSQL on port 55433), RUST_LOG.
 
-#[path = "../tests/common/items.rs"]
-mod items;
-#[path = "../tests/common/pg.rs"]
-mod pg;
-#[path = "../tests/common/proxy.rs"]
-mod proxy;
-use items::{activity_item, completion_item, start_item};
+use duroxide_diesel_testkit::items::{self, activity_item, completion_item, start_item};
+use duroxide_diesel_testkit::{pg, proxy};
 
 use std::collections::HashMap;
 use std::fmt::Write as _;

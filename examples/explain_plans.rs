@@ -33,9 +33,6 @@
 //! Loading `auto_explain` per session needs a superuser. Plans only mean
 //! something at scale: with small tables a seq scan is the right choice.
 
-#[path = "../tests/common/pg.rs"]
-mod pg;
-
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::future::Future;
@@ -52,6 +49,7 @@ use duroxide::providers::{
 };
 use duroxide::{ErrorDetails, Event, EventKind};
 use duroxide_diesel::PostgresProvider;
+use duroxide_diesel_testkit::pg;
 use serde_json::Value;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -9,9 +9,6 @@
 //! PostgreSQL from the binaries installed on this machine, exactly as the
 //! tests do.
 
-#[path = "../tests/common/pg.rs"]
-mod pg;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +18,7 @@ use duroxide::{
     ActivityContext, Client, OrchestrationContext, OrchestrationRegistry, OrchestrationStatus,
 };
 use duroxide_diesel::PostgresProvider;
+use duroxide_diesel_testkit::{db, pg};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -71,15 +69,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     drop(client);
     drop(provider);
-    drop_schema(&url, &schema).await?;
+    // Repeated runs leave nothing behind.
+    db::drop_schema(&url, &schema).await?;
     outcome
-}
-
-/// Removes the example's schema so repeated runs leave nothing behind.
-async fn drop_schema(url: &str, schema: &str) -> Result<(), Box<dyn std::error::Error>> {
-    use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
-    let mut conn = AsyncPgConnection::establish(url).await?;
-    conn.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-        .await?;
-    Ok(())
 }

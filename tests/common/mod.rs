@@ -1,12 +1,15 @@
-//! Shared test support: a PostgreSQL server, a fresh schema per test, and
-//! the `ProviderFactory` that duroxide's validation suite drives.
+//! Test support that needs the provider itself: a fresh schema per test
+//! ([`TestDb`]) and the `ProviderFactory` that duroxide's validation suite
+//! drives. The provider-independent parts (server, proxy, work items,
+//! workload) live in the `duroxide-diesel-testkit` crate and are re-exported
+//! here, so tests reach everything through `common::`.
 
+// Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
-pub mod items;
-pub mod pg;
-pub mod proxy;
-pub mod workload;
+pub use duroxide_diesel_testkit::db::unique_schema;
+#[allow(unused_imports)] // each test binary uses some of these
+pub use duroxide_diesel_testkit::{items, pg, proxy, workload};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,20 +19,19 @@ use duroxide::provider_validations::ProviderFactory;
 use duroxide::providers::Provider;
 use duroxide_diesel::PostgresProvider;
 
-/// A fresh random schema name.
-pub fn unique_schema(prefix: &str) -> String {
-    format!("{prefix}_{:016x}", rand::random::<u64>())
-}
-
-/// Runs one SQL batch on a new connection (test setup and inspection).
+/// Runs one SQL batch on a new connection (test setup and inspection);
+/// panics on failure.
 pub async fn exec(url: &str, sql: &str) {
-    let mut conn = AsyncPgConnection::establish(url).await.expect("connect");
-    conn.batch_execute(sql).await.expect("execute");
+    duroxide_diesel_testkit::db::execute(url, sql)
+        .await
+        .unwrap_or_else(|e| panic!("execute failed: {e}\n{sql}"));
 }
 
-/// Drops a test schema.
+/// Drops a test schema; panics on failure.
 pub async fn drop_schema(url: &str, schema: &str) {
-    exec(url, &format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await;
+    duroxide_diesel_testkit::db::drop_schema(url, schema)
+        .await
+        .unwrap_or_else(|e| panic!("drop schema {schema} failed: {e}"));
 }
 
 /// One test's database: a schema of its own, dropped by [`TestDb::cleanup`].

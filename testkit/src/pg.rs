@@ -6,8 +6,6 @@
 //! next run). PostgreSQL refuses to run as root, so as root the cluster runs
 //! as the `postgres` user.
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

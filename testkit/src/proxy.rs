@@ -22,16 +22,14 @@
 //!   dropped by a firewall or NAT that forgot the flow, a host that failed
 //!   over): the sockets stay open and nothing more crosses them.
 //!
-//! Self-contained (std + tokio only) so a benchmark can include it with
-//! `#[path = "../tests/common/proxy.rs"] mod proxy;`.
+//! Self-contained (std + tokio only): it proxies any TCP protocol, not only
+//! PostgreSQL's.
 //!
 //! ```ignore
 //! let proxy = Proxy::for_url(&url, Duration::from_millis(25)).await?;
 //! let provider = PostgresProvider::builder(&proxy.url(&url)).build().await?;
 //! let (result, round_trips) = proxy.measure(provider.read("i")).await;
 //! ```
-
-#![allow(dead_code)]
 
 use std::future::Future;
 use std::io;

@@ -7,8 +7,6 @@
 //! activities ran more than once (duplicates), and that every activity
 //! completion was applied exactly once (from the stored history).
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,7 +18,6 @@ use duroxide::{
     ActivityContext, Client, EventKind, OrchestrationContext, OrchestrationRegistry,
     OrchestrationStatus,
 };
-use duroxide_diesel::PostgresProvider;
 use tokio::time::Instant;
 
 /// Activities each orchestration completes: a fan-out of three, then two in
@@ -30,8 +27,12 @@ pub const ACTIVITIES_PER_ORCHESTRATION: usize = 5;
 /// Shape of the workload.
 #[derive(Clone, Copy, Debug)]
 pub struct Shape {
+    /// Orchestrations started (default 100).
     pub orchestrations: usize,
+    /// How long each activity sleeps (default 250 ms).
     pub activity_time: Duration,
+    /// The durable timer between the fan-out and the sequential tail
+    /// (default 1 s).
     pub timer: Duration,
 }
 
@@ -98,11 +99,16 @@ impl Journal {
 /// How a run ended.
 #[derive(Debug)]
 pub struct Verdict {
+    /// Orchestrations that completed (each with the expected output).
     pub completed: usize,
+    /// Orchestrations that failed.
     pub failed: usize,
+    /// Orchestrations that had not ended when judging stopped.
     pub stuck: usize,
     /// Instances whose history does not hold exactly one completion per activity.
     pub miscounted: usize,
+    /// Activity executions beyond the first, summed over every activity
+    /// (see [`Journal::duplicates`]).
     pub duplicates: usize,
     /// Fault end to the first activity execution after it.
     pub recovery: Option<Duration>,
@@ -167,14 +173,17 @@ pub fn runtime_options() -> RuntimeOptions {
 /// Runs the workload on `runtimes` (one runtime per provider) while `fault`
 /// runs; `fault` returns when the fault has ended. `observer` (not subject
 /// to the fault) starts the orchestrations and judges them.
-pub async fn run<F, Fut>(
+///
+/// Panics if an orchestration completes with an unexpected output.
+pub async fn run<P, F, Fut>(
     shape: Shape,
-    runtimes: Vec<Arc<PostgresProvider>>,
-    observer: Arc<PostgresProvider>,
+    runtimes: Vec<Arc<P>>,
+    observer: Arc<P>,
     judge_within: Duration,
     fault: F,
 ) -> Verdict
 where
+    P: Provider + 'static,
     F: FnOnce(Arc<Journal>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {

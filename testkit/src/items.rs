@@ -1,8 +1,6 @@
 //! Work items and a first turn, built the way duroxide's runtime builds them,
 //! for tests and benchmarks that drive the provider directly.
 
-#![allow(dead_code)]
-
 use duroxide::providers::{ExecutionMetadata, Provider, ProviderError, WorkItem};
 use duroxide::{Event, EventKind, INITIAL_EVENT_ID, INITIAL_EXECUTION_ID};
 
