@@ -49,6 +49,17 @@ pub use error::{Error, Result};
 pub use migrate::{MIGRATIONS, MigrationMode, grant_statements};
 pub use options::{DEFAULT_SCHEMA, Options};
 
+// The Rust examples of the README and the guides in docs/ compile as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+#[cfg(doctest)]
+#[doc = include_str!("../docs/operations.md")]
+struct OperationsGuideDoctests;
+#[cfg(doctest)]
+#[doc = include_str!("../docs/from-duroxide-pg.md")]
+struct FromDuroxidePgDoctests;
+
 /// Name of the stand-in activity handed to the runtime for a worker-queue
 /// row that no longer decodes (see [`PostgresProvider`], "Rows that no
 /// longer decode"). Do not register an activity under this name.
