@@ -286,3 +286,65 @@ async fn invalid_work_items_are_rejected_without_side_effects() {
     drop(provider);
     db.cleanup().await;
 }
+
+/// Queue depths separate work that is ready now from work scheduled for
+/// later (durable timers, delayed retries) and leave locked work out.
+#[tokio::test]
+async fn queue_depths_tell_ready_from_scheduled_and_locked() {
+    use common::items::activity_item;
+    use duroxide::providers::ProviderAdmin;
+    let db = TestDb::new().await;
+    let p = db.provider().await;
+    let depths = || async { p.get_queue_depths().await.unwrap() };
+    let empty = depths().await;
+    assert_eq!(
+        (
+            empty.orchestrator_queue,
+            empty.worker_queue,
+            empty.timer_queue
+        ),
+        (0, 0, 0)
+    );
+
+    p.enqueue_for_orchestrator(start_item("qd-now"), None)
+        .await
+        .unwrap();
+    p.enqueue_for_orchestrator(start_item("qd-later"), Some(Duration::from_secs(600)))
+        .await
+        .unwrap();
+    for id in 1..=3 {
+        p.enqueue_for_worker(activity_item("qd-work", id))
+            .await
+            .unwrap();
+    }
+    let d = depths().await;
+    assert_eq!(
+        (d.orchestrator_queue, d.worker_queue, d.timer_queue),
+        (1, 3, 1)
+    );
+
+    // One activity locked (running), one abandoned with a delay (a retry later).
+    let fetch = || async {
+        p.fetch_work_item(
+            Duration::from_secs(60),
+            Duration::ZERO,
+            None,
+            &TagFilter::Any,
+        )
+        .await
+        .unwrap()
+        .expect("a ready activity")
+    };
+    let (_running, _token, _) = fetch().await;
+    let (_, retry, _) = fetch().await;
+    p.abandon_work_item(&retry, Some(Duration::from_secs(600)), false)
+        .await
+        .unwrap();
+    let d = depths().await;
+    assert_eq!(
+        (d.orchestrator_queue, d.worker_queue, d.timer_queue),
+        (1, 1, 2)
+    );
+    drop(p);
+    db.cleanup().await;
+}

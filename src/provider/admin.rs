@@ -333,15 +333,36 @@ async fn system_metrics(p: &PostgresProvider) -> AdminResult<SystemMetrics> {
 
 /// Unlocked messages per queue. Timers are delayed orchestrator messages,
 /// so there is no separate timer queue to count.
+/// Unlocked messages by when they can run: `orchestrator_queue` and
+/// `worker_queue` count what a fetch could take now; `timer_queue` counts
+/// unlocked messages of either queue scheduled for later (durable timers and
+/// retries delayed by an abandon), which are not ready work. Locked messages
+/// (being processed) are in none of them. One statement, one snapshot.
 async fn queue_depths(p: &PostgresProvider) -> AdminResult<QueueDepths> {
+    use diesel::dsl::now;
     let mut conn = p.db.lease(Budget::Admin).await?;
-    let (orchestrator, worker): (Option<i64>, Option<i64>) = select((
-        orchestrator_queue::table
-            .filter(orchestrator_queue::lock_token.is_null())
+    use orchestrator_queue as oq;
+    use worker_queue as wq;
+    let (orchestrator_ready, worker_ready, orchestrator_later, worker_later): (
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+    ) = select((
+        oq::table
+            .filter(oq::lock_token.is_null().and(oq::visible_at.le(now)))
             .count()
             .single_value(),
-        worker_queue::table
-            .filter(worker_queue::lock_token.is_null())
+        wq::table
+            .filter(wq::lock_token.is_null().and(wq::visible_at.le(now)))
+            .count()
+            .single_value(),
+        oq::table
+            .filter(oq::lock_token.is_null().and(oq::visible_at.gt(now)))
+            .count()
+            .single_value(),
+        wq::table
+            .filter(wq::lock_token.is_null().and(wq::visible_at.gt(now)))
             .count()
             .single_value(),
     ))
@@ -349,9 +370,9 @@ async fn queue_depths(p: &PostgresProvider) -> AdminResult<QueueDepths> {
     .await?;
     let n = |v: Option<i64>| usize::try_from(v.unwrap_or(0)).unwrap_or(0);
     Ok(QueueDepths {
-        orchestrator_queue: n(orchestrator),
-        worker_queue: n(worker),
-        timer_queue: 0,
+        orchestrator_queue: n(orchestrator_ready),
+        worker_queue: n(worker_ready),
+        timer_queue: n(orchestrator_later) + n(worker_later),
     })
 }
 
