@@ -348,10 +348,10 @@ DECLARE
     v_root       TEXT;
     v_done       INT := 0;
     v_result     JSONB;
-    v_instances  BIGINT := 0;
-    v_executions BIGINT := 0;
-    v_events     BIGINT := 0;
-    v_messages   BIGINT := 0;
+    v_instances  BIGINT := 0::BIGINT;
+    v_executions BIGINT := 0::BIGINT;
+    v_events     BIGINT := 0::BIGINT;
+    v_messages   BIGINT := 0::BIGINT;
 BEGIN
     -- Two shapes, so an id list is looked up by primary key and the open
     -- scan walks instances in creation order.
@@ -447,9 +447,9 @@ DECLARE
     v_exec     BIGINT;
     v_messages JSONB;
     v_attempts INT;
-    v_history  JSONB := '[]';
-    v_kv       JSONB := '{}';
-    v_skipped  TEXT[] := '{}';
+    v_history  JSONB := '[]'::JSONB;
+    v_kv       JSONB := '{}'::JSONB;
+    v_skipped  TEXT[] := '{}'::TEXT[];
     v_busy     BOOLEAN := FALSE;
 BEGIN
     LOOP
@@ -756,9 +756,9 @@ DECLARE
     v_instance   TEXT;
     v_current    BIGINT;
     v_pruned     RECORD;
-    v_processed  BIGINT := 0;
-    v_executions BIGINT := 0;
-    v_events     BIGINT := 0;
+    v_processed  BIGINT := 0::BIGINT;
+    v_executions BIGINT := 0::BIGINT;
+    v_events     BIGINT := 0::BIGINT;
 BEGIN
     IF p_ids IS NULL THEN
         OPEN v_instances FOR
