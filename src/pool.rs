@@ -113,7 +113,10 @@ impl Connector {
                 let (client, connection) = self.config.connect(tls).await.map_err(connect_error)?;
                 AsyncPgConnection::try_from_client_and_connection(client, connection).await
             }
-            .map_err(|e| Error::Connect(e.to_string()))?;
+            .map_err(|e| Error::Connect {
+                message: e.to_string(),
+                source: Box::new(e),
+            })?;
             conn.batch_execute(&self.setup_sql).await?;
             Ok::<_, Error>(conn)
         };
@@ -125,9 +128,13 @@ impl Connector {
 
 fn connect_error(e: tokio_postgres::Error) -> Error {
     // tokio-postgres' Display drops the server's message; its source has it.
-    match std::error::Error::source(&e) {
-        Some(source) => Error::Connect(format!("{e}: {source}")),
-        None => Error::Connect(e.to_string()),
+    let message = match std::error::Error::source(&e) {
+        Some(source) => format!("{e}: {source}"),
+        None => e.to_string(),
+    };
+    Error::Connect {
+        message,
+        source: Box::new(e),
     }
 }
 
@@ -270,7 +277,8 @@ impl bb8::ManageConnection for Manager {
 /// What the pool reports about failed connection attempts.
 #[derive(Default)]
 struct ConnectFailures {
-    last: Mutex<Option<String>>,
+    /// The last failed attempt, shared by every checkout that reports it.
+    last: Mutex<Option<Arc<Error>>>,
     notify: Notify,
 }
 
@@ -291,7 +299,7 @@ impl bb8::ErrorSink<ManagerError> for FailureSink {
             return; // a discarded idle connection, not a failed attempt
         };
         if let Ok(mut last) = self.0.last.lock() {
-            *last = Some(error.to_string());
+            *last = Some(Arc::new(error));
         }
         self.0.notify.notify_waiters();
     }
@@ -356,7 +364,7 @@ impl Db {
         let limit = self.limit(budget);
         let deadline = Instant::now() + limit;
         let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
-        let mut last_failure: Option<String> = None;
+        let mut last_failure: Option<Arc<Error>> = None;
         loop {
             let failed = self.failures.notify.notified();
             let mut failed = std::pin::pin!(failed);
@@ -364,7 +372,12 @@ impl Db {
             tokio::select! {
                 got = self.pool.get() => match got {
                     Ok(conn) => return Ok(Lease { conn, db: self }),
-                    Err(bb8::RunError::User(e)) => last_failure = Some(e.to_string()),
+                    Err(bb8::RunError::User(ManagerError::Connect(e))) => {
+                        last_failure = Some(Arc::new(e));
+                    }
+                    // Not returned with `test_on_check_out` (bb8 discards the
+                    // connection and takes another), and not a failure.
+                    Err(bb8::RunError::User(ManagerError::Stale)) => {}
                     Err(bb8::RunError::TimedOut) => {}
                 },
                 _ = failed => {
@@ -376,10 +389,16 @@ impl Db {
             if now >= deadline {
                 self.report_fault();
                 return Err(match last_failure {
-                    Some(msg) => Error::Connect(msg),
-                    None => {
-                        Error::Pool(format!("no pooled connection became free within {limit:?}"))
-                    }
+                    // The attempt's own reason, without repeating "could
+                    // not connect"; the attempt itself is the source.
+                    Some(e) => Error::Connect {
+                        message: match &*e {
+                            Error::Connect { message, .. } => message.clone(),
+                            other => other.to_string(),
+                        },
+                        source: Box::new(e),
+                    },
+                    None => Error::Pool { waited: limit },
                 });
             }
             tokio::time::sleep(backoff.next().min(deadline - now)).await;

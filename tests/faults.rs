@@ -338,7 +338,7 @@ async fn waiting_for_the_migration_lock_is_bounded() {
         .build()
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Migration(_)), "{err}");
+    assert!(matches!(err, Error::Migration { .. }), "{err}");
     assert!(err.to_string().contains("migration lock"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(4));
     hold.await.unwrap();

@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use super::{codec, history as history_reads};
 use crate::PostgresProvider;
-use crate::error::Error;
+use crate::error::{Error, Result};
 use crate::pool::{Budget, bounded};
 use crate::procedures::*;
 use crate::schema::{executions, history, instances, orchestrator_queue, worker_queue};
@@ -32,38 +32,6 @@ const DEFAULT_BULK_LIMIT: u32 = 1000;
 /// Milliseconds from the Unix epoch to PostgreSQL's epoch (2000-01-01).
 const PG_EPOCH_UNIX_MS: i64 = 946_684_800_000;
 
-/// Why an admin call failed.
-enum Failure {
-    /// The database or the stored data failed; classified by [`Error`].
-    Db(Error),
-    /// The contract refuses the request (not found, still running, ...):
-    /// always permanent, and the message is what the caller sees.
-    Refused(String),
-}
-
-impl From<Error> for Failure {
-    fn from(e: Error) -> Self {
-        Failure::Db(e)
-    }
-}
-
-impl From<diesel::result::Error> for Failure {
-    fn from(e: diesel::result::Error) -> Self {
-        Failure::Db(e.into())
-    }
-}
-
-impl Failure {
-    fn into_provider_error(self, op: &str) -> ProviderError {
-        match self {
-            Failure::Db(e) => e.into_provider_error(op),
-            Failure::Refused(msg) => ProviderError::permanent(op, msg),
-        }
-    }
-}
-
-type AdminResult<T> = std::result::Result<T, Failure>;
-
 /// A procedure result: its counts, or the contract's refusal.
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -72,9 +40,9 @@ enum Outcome<T> {
     Done(T),
 }
 
-fn decode<T: DeserializeOwned>(doc: Value) -> AdminResult<T> {
+fn decode<T: DeserializeOwned>(doc: Value) -> Result<T> {
     match codec::from_json::<Outcome<T>>(doc, "procedure result")? {
-        Outcome::Refused { error } => Err(Failure::Refused(error)),
+        Outcome::Refused { error } => Err(Error::Refused(error)),
         Outcome::Done(value) => Ok(value),
     }
 }
@@ -142,7 +110,7 @@ fn int_arg(v: u32) -> i32 {
     i32::try_from(v).unwrap_or(i32::MAX)
 }
 
-async fn list_instances(p: &PostgresProvider) -> AdminResult<Vec<String>> {
+async fn list_instances(p: &PostgresProvider) -> Result<Vec<String>> {
     let mut conn = p.db.lease(Budget::Admin).await?;
     Ok(instances::table
         .order(instances::created_at.desc())
@@ -151,7 +119,7 @@ async fn list_instances(p: &PostgresProvider) -> AdminResult<Vec<String>> {
         .await?)
 }
 
-async fn list_instances_by_status(p: &PostgresProvider, status: &str) -> AdminResult<Vec<String>> {
+async fn list_instances_by_status(p: &PostgresProvider, status: &str) -> Result<Vec<String>> {
     let mut conn = p.db.lease(Budget::Admin).await?;
     Ok(instances::table
         .inner_join(executions::table.on(current_execution()))
@@ -162,7 +130,7 @@ async fn list_instances_by_status(p: &PostgresProvider, status: &str) -> AdminRe
         .await?)
 }
 
-async fn list_executions(p: &PostgresProvider, instance: &str) -> AdminResult<Vec<u64>> {
+async fn list_executions(p: &PostgresProvider, instance: &str) -> Result<Vec<u64>> {
     let mut conn = p.db.lease(Budget::Admin).await?;
     let ids: Vec<i64> = executions::table
         .filter(executions::instance_id.eq(instance))
@@ -175,7 +143,7 @@ async fn list_executions(p: &PostgresProvider, instance: &str) -> AdminResult<Ve
 
 /// The highest recorded execution id, 1 when there is none (duroxide's
 /// convention for an instance that has not started yet).
-async fn latest_execution_id(p: &PostgresProvider, instance: &str) -> AdminResult<u64> {
+async fn latest_execution_id(p: &PostgresProvider, instance: &str) -> Result<u64> {
     let mut conn = p.db.lease(Budget::Admin).await?;
     let latest: Option<i64> = executions::table
         .filter(executions::instance_id.eq(instance))
@@ -199,7 +167,7 @@ struct InstanceRow {
     output: Option<String>,
 }
 
-async fn instance_info(p: &PostgresProvider, instance: &str) -> AdminResult<InstanceInfo> {
+async fn instance_info(p: &PostgresProvider, instance: &str) -> Result<InstanceInfo> {
     let mut conn = p.db.lease(Budget::Admin).await?;
     let row: Option<InstanceRow> = instances::table
         .left_join(executions::table.on(current_execution()))
@@ -219,7 +187,7 @@ async fn instance_info(p: &PostgresProvider, instance: &str) -> AdminResult<Inst
         .await
         .optional()?;
     let Some(row) = row else {
-        return Err(Failure::Refused(format!("instance {instance} not found")));
+        return Err(Error::Refused(format!("instance {instance} not found")));
     };
     Ok(InstanceInfo {
         instance_id: row.instance_id,
@@ -252,7 +220,7 @@ async fn execution_info(
     p: &PostgresProvider,
     instance: &str,
     execution_id: u64,
-) -> AdminResult<ExecutionInfo> {
+) -> Result<ExecutionInfo> {
     let exec = codec::to_i64(execution_id, "execution_id")?;
     let event_count = history::table
         .filter(history::instance_id.eq(instance))
@@ -274,7 +242,7 @@ async fn execution_info(
         .await
         .optional()?;
     let Some(row) = row else {
-        return Err(Failure::Refused(format!(
+        return Err(Error::Refused(format!(
             "execution {execution_id} of instance {instance} not found"
         )));
     };
@@ -301,7 +269,7 @@ struct MetricsRow {
 
 /// All counters in one statement; instance statuses are those of each
 /// instance's current execution.
-async fn system_metrics(p: &PostgresProvider) -> AdminResult<SystemMetrics> {
+async fn system_metrics(p: &PostgresProvider) -> Result<SystemMetrics> {
     let with_status = |status: &'static str| {
         instances::table
             .inner_join(executions::table.on(current_execution()))
@@ -333,7 +301,7 @@ async fn system_metrics(p: &PostgresProvider) -> AdminResult<SystemMetrics> {
 
 /// Unlocked messages per queue. Timers are delayed orchestrator messages,
 /// so there is no separate timer queue to count.
-async fn queue_depths(p: &PostgresProvider) -> AdminResult<QueueDepths> {
+async fn queue_depths(p: &PostgresProvider) -> Result<QueueDepths> {
     let mut conn = p.db.lease(Budget::Admin).await?;
     let (orchestrator, worker): (Option<i64>, Option<i64>) = select((
         orchestrator_queue::table
@@ -355,7 +323,7 @@ async fn queue_depths(p: &PostgresProvider) -> AdminResult<QueueDepths> {
     })
 }
 
-async fn list_children(p: &PostgresProvider, instance: &str) -> AdminResult<Vec<String>> {
+async fn list_children(p: &PostgresProvider, instance: &str) -> Result<Vec<String>> {
     let mut conn = p.db.lease(Budget::Admin).await?;
     Ok(instances::table
         .filter(instances::parent_instance_id.eq(instance))
@@ -365,7 +333,7 @@ async fn list_children(p: &PostgresProvider, instance: &str) -> AdminResult<Vec<
         .await?)
 }
 
-async fn parent_id(p: &PostgresProvider, instance: &str) -> AdminResult<Option<String>> {
+async fn parent_id(p: &PostgresProvider, instance: &str) -> Result<Option<String>> {
     let mut conn = p.db.lease(Budget::Admin).await?;
     instances::table
         .filter(instances::instance_id.eq(instance))
@@ -373,11 +341,11 @@ async fn parent_id(p: &PostgresProvider, instance: &str) -> AdminResult<Option<S
         .first(&mut conn)
         .await
         .optional()?
-        .ok_or_else(|| Failure::Refused(format!("instance {instance} not found")))
+        .ok_or_else(|| Error::Refused(format!("instance {instance} not found")))
 }
 
 /// The whole tree in one recursive query rather than one round trip per node.
-async fn instance_tree(p: &PostgresProvider, root: &str) -> AdminResult<InstanceTree> {
+async fn instance_tree(p: &PostgresProvider, root: &str) -> Result<InstanceTree> {
     let mut conn = p.db.lease(Budget::Admin).await?;
     let all_ids: Vec<String> = select(dx_instance_tree(root)).get_result(&mut conn).await?;
     Ok(InstanceTree {
@@ -390,7 +358,7 @@ async fn delete_tree(
     p: &PostgresProvider,
     instance: &str,
     force: bool,
-) -> AdminResult<DeleteInstanceResult> {
+) -> Result<DeleteInstanceResult> {
     let mut conn = p.db.lease(Budget::Admin).await?;
     let doc: Value = select(dx_delete_instance(instance, force))
         .get_result(&mut conn)
@@ -402,7 +370,7 @@ async fn delete_exact(
     p: &PostgresProvider,
     ids: &[String],
     force: bool,
-) -> AdminResult<DeleteInstanceResult> {
+) -> Result<DeleteInstanceResult> {
     if ids.is_empty() {
         return Ok(DeleteInstanceResult::default());
     }
@@ -416,7 +384,7 @@ async fn delete_exact(
 async fn delete_bulk(
     p: &PostgresProvider,
     filter: &InstanceFilter,
-) -> AdminResult<DeleteInstanceResult> {
+) -> Result<DeleteInstanceResult> {
     if filter.instance_ids.as_ref().is_some_and(Vec::is_empty) {
         return Ok(DeleteInstanceResult::default());
     }
@@ -436,7 +404,7 @@ async fn prune(
     p: &PostgresProvider,
     instance: &str,
     options: &PruneOptions,
-) -> AdminResult<PruneResult> {
+) -> Result<PruneResult> {
     let mut conn = p.db.lease(Budget::Admin).await?;
     let doc: Value = select(dx_prune_executions(
         instance,
@@ -452,7 +420,7 @@ async fn prune_bulk(
     p: &PostgresProvider,
     filter: &InstanceFilter,
     options: &PruneOptions,
-) -> AdminResult<PruneResult> {
+) -> Result<PruneResult> {
     if filter.instance_ids.as_ref().is_some_and(Vec::is_empty) {
         return Ok(PruneResult::default());
     }
@@ -471,17 +439,14 @@ async fn prune_bulk(
 }
 
 /// One admin call within the admin call limit, failing as duroxide's error.
-async fn admin_call<T, E>(
+async fn admin_call<T>(
     p: &PostgresProvider,
     op: &'static str,
-    call: impl std::future::Future<Output = std::result::Result<T, E>>,
-) -> std::result::Result<T, ProviderError>
-where
-    E: From<Error> + Into<Failure>,
-{
+    call: impl std::future::Future<Output = Result<T>>,
+) -> std::result::Result<T, ProviderError> {
     bounded(&p.db, Budget::Admin, call)
         .await
-        .map_err(|e| e.into().into_provider_error(op))
+        .map_err(|e| e.into_provider_error(op))
 }
 
 #[async_trait::async_trait]
