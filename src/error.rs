@@ -337,6 +337,42 @@ mod tests {
     }
 
     #[test]
+    fn migration_failures_keep_their_source() {
+        use std::error::Error as _;
+        let e = Error::migration(
+            Some("could not take the migration lock of schema dx"),
+            DieselError::BrokenTransactionManager,
+        );
+        assert!(!e.is_retryable() && !e.is_before_send());
+        assert!(
+            e.to_string().starts_with(
+                "schema migration failed: could not take the migration lock of schema dx: "
+            ),
+            "{e}"
+        );
+        let source = e.source().expect("diesel's error");
+        assert!(source.is::<DieselError>(), "{source:?}");
+        // The migration harness reports boxed errors; the box is not wrapped again.
+        let boxed: BoxError = Box::new(std::io::Error::other("disk gone"));
+        let e = Error::migration(None, boxed);
+        assert_eq!(e.to_string(), "schema migration failed: disk gone");
+        assert!(e.source().expect("the I/O error").is::<std::io::Error>());
+    }
+
+    #[test]
+    fn refusals_are_permanent_and_say_only_why() {
+        let e = Error::Refused("instance x not found".into());
+        assert!(!e.is_retryable() && !e.is_before_send());
+        assert_eq!(e.to_string(), "instance x not found");
+        let p = e.into_provider_error("get_instance_info");
+        assert!(!p.is_retryable());
+        assert_eq!(
+            p.to_string(),
+            ProviderError::permanent("get_instance_info", "instance x not found").to_string()
+        );
+    }
+
+    #[test]
     fn schema_mismatch_names_what_is_missing_and_unknown() {
         let e = Error::SchemaMismatch {
             schema: "dx".into(),

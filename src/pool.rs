@@ -464,3 +464,59 @@ pub(crate) async fn bounded<T, E: From<Error>>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    /// Nothing listens on port 1.
+    const REFUSED: &str = "postgres://postgres@127.0.0.1:1/postgres?sslmode=disable";
+
+    #[tokio::test]
+    async fn a_failed_connection_keeps_the_driver_error_as_its_source() {
+        let connector = Connector::new(REFUSED, &Options::default()).unwrap();
+        let err = connector.connect().await.err().expect("nothing listens");
+        assert!(matches!(err, Error::Connect { .. }), "{err}");
+        assert!(err.is_retryable() && err.is_before_send());
+        let source = err.source().expect("a source");
+        assert!(source.is::<tokio_postgres::Error>(), "{source:?}");
+        // ... whose own source is the refused socket.
+        let io = source.source().expect("the I/O error");
+        assert!(io.is::<std::io::Error>(), "{io:?}");
+    }
+
+    #[tokio::test]
+    async fn a_checkout_that_gave_up_reports_the_last_attempt_as_its_source() {
+        let options = Options {
+            call_timeout: Duration::from_millis(300),
+            ..Options::default()
+        };
+        let connector = Connector::new(REFUSED, &options).unwrap();
+        let db = Db::new(&connector, &options);
+        let err = db.lease(Budget::Call).await.err().expect("nothing listens");
+        assert!(matches!(err, Error::Connect { .. }), "{err}");
+        assert!(err.is_retryable() && err.is_before_send());
+        let text = err.to_string();
+        assert_eq!(text.matches("could not connect").count(), 1, "{text}");
+        let attempt = err.source().expect("the last attempt");
+        let attempt = attempt.downcast_ref::<Arc<Error>>().expect("an Error");
+        assert!(matches!(**attempt, Error::Connect { .. }), "{attempt}");
+        let driver = attempt.source().expect("the driver's error");
+        assert!(driver.is::<tokio_postgres::Error>(), "{driver:?}");
+    }
+
+    #[test]
+    fn pool_exhaustion_has_no_underlying_error() {
+        let err = Error::Pool {
+            waited: Duration::from_secs(5),
+        };
+        assert_eq!(
+            err.to_string(),
+            "no database connection available: no pooled connection became free within 5s"
+        );
+        assert!(err.source().is_none());
+        assert!(err.is_retryable() && err.is_before_send());
+    }
+}

@@ -359,5 +359,24 @@ mod tests {
         assert!(matches!(err, Error::InvalidUrl(_)), "{err}");
         let err = ssl("postgres://h/db?sslrootcert=/no/such/file.pem").unwrap_err();
         assert!(err.to_string().contains("/no/such/file.pem"), "{err}");
+        assert!(
+            matches!(err, Error::Tls { .. }) && !err.is_retryable(),
+            "{err}"
+        );
+        let source = std::error::Error::source(&err).expect("the I/O error");
+        assert!(source.is::<std::io::Error>(), "{source:?}");
+    }
+
+    #[test]
+    fn a_malformed_ca_keeps_the_parser_error_as_its_source() {
+        let pem = b"-----BEGIN CERTIFICATE-----\nnot base64 !!!\n-----END CERTIFICATE-----\n";
+        let err = settings("postgres://h/db", Some(pem))
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(err, Error::Tls { .. }) && !err.is_retryable(),
+            "{err}"
+        );
+        assert!(std::error::Error::source(&err).is_some(), "{err}");
     }
 }

@@ -71,6 +71,8 @@ async fn unreachable_server_fails_with_a_connection_error() {
     assert!(matches!(err, Error::Connect { .. }), "{err}");
     assert!(err.is_retryable());
     assert!(err.to_string().contains("could not connect"), "{err}");
+    let source = std::error::Error::source(&err).expect("the driver's error");
+    assert!(source.is::<tokio_postgres::Error>(), "{source:?}");
 }
 
 #[tokio::test]
