@@ -21,6 +21,7 @@ use serde_json::Value;
 use super::{codec, history as history_reads};
 use crate::PostgresProvider;
 use crate::error::{Error, Result};
+use crate::numeric;
 use crate::pool::{Budget, bounded};
 use crate::procedures::*;
 use crate::schema::{executions, history, instances, orchestrator_queue, worker_queue};
@@ -28,9 +29,6 @@ use crate::schema::{executions, history, instances, orchestrator_queue, worker_q
 /// Instances a bulk call considers when the filter sets no limit, as
 /// [`InstanceFilter::limit`] documents.
 const DEFAULT_BULK_LIMIT: u32 = 1000;
-
-/// Milliseconds from the Unix epoch to PostgreSQL's epoch (2000-01-01).
-const PG_EPOCH_UNIX_MS: i64 = 946_684_800_000;
 
 /// A procedure result: its counts, or the contract's refusal.
 #[derive(Deserialize)]
@@ -91,23 +89,14 @@ fn current_execution() -> _ {
         .and(executions::execution_id.eq(instances::current_execution_id))
 }
 
-fn unix_ms(t: PgTimestamp) -> u64 {
-    u64::try_from(t.0.div_euclid(1000) + PG_EPOCH_UNIX_MS).unwrap_or(0)
+/// A caller's cut-off time as the procedures' BIGINT milliseconds.
+fn cutoff_arg(ms: Option<u64>, what: &str) -> Result<Option<i64>> {
+    ms.map(|v| numeric::unix_ms(v, what)).transpose()
 }
 
-/// A count or id read from the database; never negative in practice.
-fn unsigned(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
-/// A caller's millisecond timestamp as the procedures' BIGINT, saturating.
-fn ms_arg(ms: Option<u64>) -> Option<i64> {
-    ms.map(|v| i64::try_from(v).unwrap_or(i64::MAX))
-}
-
-/// A caller's count as the procedures' INT, saturating.
-fn int_arg(v: u32) -> i32 {
-    i32::try_from(v).unwrap_or(i32::MAX)
+/// A caller's count as the procedures' INT.
+fn count_arg(v: Option<u32>, what: &str) -> Result<Option<i32>> {
+    v.map(|v| numeric::to_int(v, what)).transpose()
 }
 
 async fn list_instances(p: &PostgresProvider) -> Result<Vec<String>> {
@@ -138,7 +127,9 @@ async fn list_executions(p: &PostgresProvider, instance: &str) -> Result<Vec<u64
         .select(executions::execution_id)
         .load(&mut conn)
         .await?;
-    Ok(ids.into_iter().map(unsigned).collect())
+    ids.into_iter()
+        .map(|id| numeric::from_bigint(id, "execution_id"))
+        .collect()
 }
 
 /// The highest recorded execution id, 1 when there is none (duroxide's
@@ -150,7 +141,7 @@ async fn latest_execution_id(p: &PostgresProvider, instance: &str) -> Result<u64
         .select(max(executions::execution_id))
         .get_result(&mut conn)
         .await?;
-    Ok(latest.map_or(1, unsigned))
+    latest.map_or(Ok(1), |id| numeric::from_bigint(id, "execution_id"))
 }
 
 /// An instance joined with its current execution (absent if never acked).
@@ -197,11 +188,14 @@ async fn instance_info(p: &PostgresProvider, instance: &str) -> Result<InstanceI
         orchestration_version: row
             .orchestration_version
             .unwrap_or_else(|| "unknown".to_owned()),
-        current_execution_id: unsigned(row.current_execution_id),
+        current_execution_id: numeric::from_bigint(
+            row.current_execution_id,
+            "current_execution_id",
+        )?,
         status: row.status.unwrap_or_else(|| "Unknown".to_owned()),
         output: row.output,
-        created_at: unix_ms(row.created_at),
-        updated_at: unix_ms(row.updated_at),
+        created_at: numeric::from_timestamp(row.created_at, "created_at")?,
+        updated_at: numeric::from_timestamp(row.updated_at, "updated_at")?,
         parent_instance_id: row.parent_instance_id,
     })
 }
@@ -221,7 +215,7 @@ async fn execution_info(
     instance: &str,
     execution_id: u64,
 ) -> Result<ExecutionInfo> {
-    let exec = codec::to_i64(execution_id, "execution_id")?;
+    let exec = numeric::to_bigint(execution_id, "execution_id")?;
     let event_count = history::table
         .filter(history::instance_id.eq(instance))
         .filter(history::execution_id.eq(exec))
@@ -250,9 +244,12 @@ async fn execution_info(
         execution_id,
         status: row.status,
         output: row.output,
-        started_at: unix_ms(row.started_at),
-        completed_at: row.completed_at.map(unix_ms),
-        event_count: usize::try_from(row.event_count.unwrap_or(0)).unwrap_or(0),
+        started_at: numeric::from_timestamp(row.started_at, "started_at")?,
+        completed_at: row
+            .completed_at
+            .map(|t| numeric::from_timestamp(t, "completed_at"))
+            .transpose()?,
+        event_count: numeric::to_count(row.event_count.unwrap_or(0), "event count")?,
     })
 }
 
@@ -288,14 +285,14 @@ async fn system_metrics(p: &PostgresProvider) -> Result<SystemMetrics> {
     ))
     .get_result(&mut conn)
     .await?;
-    let n = |v: Option<i64>| unsigned(v.unwrap_or(0));
+    let n = |v: Option<i64>| numeric::from_bigint(v.unwrap_or(0), "count");
     Ok(SystemMetrics {
-        total_instances: n(row.instances),
-        total_executions: n(row.executions),
-        running_instances: n(row.running),
-        completed_instances: n(row.completed),
-        failed_instances: n(row.failed),
-        total_events: n(row.events),
+        total_instances: n(row.instances)?,
+        total_executions: n(row.executions)?,
+        running_instances: n(row.running)?,
+        completed_instances: n(row.completed)?,
+        failed_instances: n(row.failed)?,
+        total_events: n(row.events)?,
     })
 }
 
@@ -315,10 +312,10 @@ async fn queue_depths(p: &PostgresProvider) -> Result<QueueDepths> {
     ))
     .get_result(&mut conn)
     .await?;
-    let n = |v: Option<i64>| usize::try_from(v.unwrap_or(0)).unwrap_or(0);
+    let n = |v: Option<i64>| numeric::to_count(v.unwrap_or(0), "queue depth");
     Ok(QueueDepths {
-        orchestrator_queue: n(orchestrator),
-        worker_queue: n(worker),
+        orchestrator_queue: n(orchestrator)?,
+        worker_queue: n(worker)?,
         timer_queue: 0,
     })
 }
@@ -388,11 +385,12 @@ async fn delete_bulk(
     if filter.instance_ids.as_ref().is_some_and(Vec::is_empty) {
         return Ok(DeleteInstanceResult::default());
     }
-    let limit = int_arg(filter.limit.unwrap_or(DEFAULT_BULK_LIMIT));
+    let limit = numeric::to_int(filter.limit.unwrap_or(DEFAULT_BULK_LIMIT), "limit")?;
+    let completed_before = cutoff_arg(filter.completed_before, "completed_before")?;
     let mut conn = p.db.lease(Budget::Admin).await?;
     let doc: Value = select(dx_delete_instances_bulk(
         filter.instance_ids.as_deref(),
-        ms_arg(filter.completed_before),
+        completed_before,
         limit,
     ))
     .get_result(&mut conn)
@@ -405,14 +403,12 @@ async fn prune(
     instance: &str,
     options: &PruneOptions,
 ) -> Result<PruneResult> {
+    let keep_last = count_arg(options.keep_last, "keep_last")?;
+    let completed_before = cutoff_arg(options.completed_before, "completed_before")?;
     let mut conn = p.db.lease(Budget::Admin).await?;
-    let doc: Value = select(dx_prune_executions(
-        instance,
-        options.keep_last.map(int_arg),
-        ms_arg(options.completed_before),
-    ))
-    .get_result(&mut conn)
-    .await?;
+    let doc: Value = select(dx_prune_executions(instance, keep_last, completed_before))
+        .get_result(&mut conn)
+        .await?;
     Ok(decode::<PruneCounts>(doc)?.into())
 }
 
@@ -424,14 +420,17 @@ async fn prune_bulk(
     if filter.instance_ids.as_ref().is_some_and(Vec::is_empty) {
         return Ok(PruneResult::default());
     }
-    let limit = int_arg(filter.limit.unwrap_or(DEFAULT_BULK_LIMIT));
+    let limit = numeric::to_int(filter.limit.unwrap_or(DEFAULT_BULK_LIMIT), "limit")?;
+    let instances_completed_before = cutoff_arg(filter.completed_before, "completed_before")?;
+    let keep_last = count_arg(options.keep_last, "keep_last")?;
+    let completed_before = cutoff_arg(options.completed_before, "completed_before")?;
     let mut conn = p.db.lease(Budget::Admin).await?;
     let doc: Value = select(dx_prune_executions_bulk(
         filter.instance_ids.as_deref(),
-        ms_arg(filter.completed_before),
+        instances_completed_before,
         limit,
-        options.keep_last.map(int_arg),
-        ms_arg(options.completed_before),
+        keep_last,
+        completed_before,
     ))
     .get_result(&mut conn)
     .await?;

@@ -25,9 +25,15 @@ use tokio::sync::Notify;
 
 use crate::PostgresProvider;
 use crate::error::Result;
+use crate::numeric;
 use crate::pool::{Backoff, Budget, bounded};
 
 use unclaimed::{Claim, Queue};
+
+/// An optional delay as the procedures' milliseconds (none = 0).
+fn delay_ms(delay: Option<Duration>) -> Result<i64> {
+    delay.map_or(Ok(0), |d| numeric::duration_ms(d, "delay"))
+}
 
 /// Outcome of one fetch attempt, for the shared long-poll loop.
 enum Step<T> {
