@@ -5,6 +5,10 @@ use std::time::Duration;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use duroxide::providers::ProviderError;
 
+/// An underlying error kept by an [`Error`] variant and returned by its
+/// [`source`](std::error::Error::source).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Everything that can go wrong in this provider.
 ///
 /// # Retryable or permanent
@@ -22,8 +26,27 @@ use duroxide::providers::ProviderError;
 /// | any other error reported by the server: deadlock, lock or statement timeout, disk full, out of memory, too many connections, ... | retryable | diesel-async does not expose SQLSTATE, so these cannot be told apart from each other; input is validated in Rust before it is sent (see [`Error::Data`]), so a valid call is never refused by the server for its data, and a bounded retry (duroxide counts attempts and poisons a message that keeps failing) is safer than failing a workflow |
 /// | unique, foreign-key, not-null, check, exclusion violations | permanent | the same call would violate the same constraint |
 /// | invalid lock token ([`Error::LockLost`]) | permanent | the lock is gone for good |
-/// | invalid data, options, URL or schema name; a row that does not decode | permanent | the same input fails the same way |
+/// | invalid data, options, URL, TLS configuration or schema name; a row that does not decode; a number that does not fit (see [Numbers](#numbers)) | permanent | the same input fails the same way |
+/// | a management call refused for its request: not found, still running, ... ([`Error::Refused`]) | permanent | the same request is refused the same way |
 /// | migration failure, schema migrations not those of this build | permanent | needs an operator |
+///
+/// # Sources
+///
+/// [`Error::Connect`], [`Error::Migration`] and [`Error::Tls`] keep the
+/// error that caused them as their
+/// [`source`](std::error::Error::source); [`Error::Database`] is diesel's
+/// error itself. Their messages are complete on their own, so a report
+/// that prints the whole chain repeats the underlying reason.
+///
+/// # Numbers
+///
+/// Numbers cross between Rust and SQL exactly or not at all: a value
+/// handed to the provider that the SQL side cannot hold (an id beyond
+/// `BIGINT`, a limit beyond `INT`, a duration or timestamp beyond what
+/// PostgreSQL's timestamp arithmetic computes) is refused with
+/// [`Error::Data`] before anything is sent, and a stored value that does not
+/// fit its Rust type (a negative count or id, a time before 1970) is an
+/// [`Error::Data`] too. Nothing is clamped.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -53,20 +76,61 @@ pub enum Error {
     Timeout(Duration),
 
     /// A connection to the server could not be established.
-    #[error("could not connect to PostgreSQL: {0}")]
-    Connect(String),
+    ///
+    /// The message is complete on its own (it includes the server's reason,
+    /// which tokio-postgres' own message leaves out); the source is the
+    /// underlying error: tokio-postgres' (whose source in turn is the I/O,
+    /// TLS or server error), diesel's, or, when a call gave up after its
+    /// retries, the last failed connection attempt.
+    #[error("could not connect to PostgreSQL: {message}")]
+    Connect {
+        /// What failed, with the underlying reason.
+        message: String,
+        /// The underlying error.
+        #[source]
+        source: BoxError,
+    },
 
     /// Establishing a connection took longer than the connection timeout.
     #[error("timed out after {0:?} connecting to PostgreSQL")]
     ConnectTimeout(Duration),
 
-    /// No pooled connection became available within the connection timeout.
-    #[error("no database connection available: {0}")]
-    Pool(String),
+    /// No pooled connection became free within the call's time limit, and
+    /// no connection attempt failed meanwhile (that would be
+    /// [`Error::Connect`]): every connection was busy. There is no
+    /// underlying error.
+    #[error("no database connection available: no pooled connection became free within {waited:?}")]
+    Pool {
+        /// How long the call waited.
+        waited: Duration,
+    },
 
     /// Applying the embedded schema migrations failed.
-    #[error("schema migration failed: {0}")]
-    Migration(String),
+    ///
+    /// The message is complete on its own; the source is the underlying
+    /// error (diesel's, the migration harness', or the I/O error of the
+    /// migration thread).
+    #[error("schema migration failed: {message}")]
+    Migration {
+        /// What failed, with the underlying reason.
+        message: String,
+        /// The underlying error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The TLS settings could not be turned into a TLS configuration: the CA
+    /// certificate file could not be read or parsed, or rustls refused the
+    /// certificate or the configuration. The source is the I/O, PEM or
+    /// rustls error.
+    #[error("invalid TLS configuration: {message}")]
+    Tls {
+        /// What failed, with the underlying reason.
+        message: String,
+        /// The underlying error.
+        #[source]
+        source: BoxError,
+    },
 
     /// The schema's applied migrations are not the ones compiled into this
     /// build: some are missing (with [`MigrationMode::Verify`](crate::MigrationMode::Verify),
@@ -95,23 +159,34 @@ pub enum Error {
     /// The lock token is unknown, expired, or was already used.
     #[error("Invalid lock token: unknown, expired or already used")]
     LockLost,
+
+    /// A management call ([`ProviderAdmin`](duroxide::providers::ProviderAdmin))
+    /// was refused because of what it asked for, not because the store
+    /// failed: the instance or execution does not exist, the instance or one
+    /// of its descendants is still running, it is not a root instance, ...
+    /// The message says which; nothing was changed.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl Error {
     /// Whether retrying the same operation later may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Connect(_) | Error::ConnectTimeout(_) | Error::Pool(_) | Error::Timeout(_) => {
-                true
-            }
+            Error::Connect { .. }
+            | Error::ConnectTimeout(_)
+            | Error::Pool { .. }
+            | Error::Timeout(_) => true,
             Error::Database(e) => diesel_error_is_retryable(e),
             Error::InvalidSchemaName { .. }
             | Error::InvalidUrl(_)
             | Error::InvalidOption(_)
-            | Error::Migration(_)
+            | Error::Migration { .. }
+            | Error::Tls { .. }
             | Error::SchemaMismatch { .. }
             | Error::Data(_)
-            | Error::LockLost => false,
+            | Error::LockLost
+            | Error::Refused(_) => false,
         }
     }
 
@@ -120,8 +195,27 @@ impl Error {
     pub(crate) fn is_before_send(&self) -> bool {
         matches!(
             self,
-            Error::Connect(_) | Error::ConnectTimeout(_) | Error::Pool(_)
+            Error::Connect { .. } | Error::ConnectTimeout(_) | Error::Pool { .. }
         )
+    }
+
+    /// [`Error::Migration`]: `context` followed by the source's message.
+    pub(crate) fn migration(context: Option<&str>, source: impl Into<BoxError>) -> Self {
+        let source = source.into();
+        let message = match context {
+            Some(context) => format!("{context}: {source}"),
+            None => source.to_string(),
+        };
+        Error::Migration { message, source }
+    }
+
+    /// [`Error::Tls`]: `context` followed by the source's message.
+    pub(crate) fn tls(context: &str, source: impl Into<BoxError>) -> Self {
+        let source = source.into();
+        Error::Tls {
+            message: format!("{context}: {source}"),
+            source,
+        }
     }
 
     /// Converts into duroxide's error type, tagged with the failed operation.
@@ -199,8 +293,13 @@ mod tests {
         for e in [
             Error::Timeout(Duration::from_secs(1)),
             Error::ConnectTimeout(Duration::from_secs(1)),
-            Error::Connect("refused".into()),
-            Error::Pool("busy".into()),
+            Error::Connect {
+                message: "refused".into(),
+                source: "refused".into(),
+            },
+            Error::Pool {
+                waited: Duration::from_secs(1),
+            },
             Error::Database(DieselError::BrokenTransactionManager),
         ] {
             assert!(e.is_retryable(), "{e}");
@@ -223,7 +322,9 @@ mod tests {
             Error::LockLost,
             Error::Data("bad".into()),
             Error::InvalidOption("x".into()),
-            Error::Migration("x".into()),
+            Error::migration(Some("x"), "y"),
+            Error::tls("x", "y"),
+            Error::Refused("instance x not found".into()),
             Error::SchemaMismatch {
                 schema: "s".into(),
                 missing: vec!["1".into()],
@@ -233,6 +334,42 @@ mod tests {
         ] {
             assert!(!e.is_retryable(), "{e}");
         }
+    }
+
+    #[test]
+    fn migration_failures_keep_their_source() {
+        use std::error::Error as _;
+        let e = Error::migration(
+            Some("could not take the migration lock of schema dx"),
+            DieselError::BrokenTransactionManager,
+        );
+        assert!(!e.is_retryable() && !e.is_before_send());
+        assert!(
+            e.to_string().starts_with(
+                "schema migration failed: could not take the migration lock of schema dx: "
+            ),
+            "{e}"
+        );
+        let source = e.source().expect("diesel's error");
+        assert!(source.is::<DieselError>(), "{source:?}");
+        // The migration harness reports boxed errors; the box is not wrapped again.
+        let boxed: BoxError = Box::new(std::io::Error::other("disk gone"));
+        let e = Error::migration(None, boxed);
+        assert_eq!(e.to_string(), "schema migration failed: disk gone");
+        assert!(e.source().expect("the I/O error").is::<std::io::Error>());
+    }
+
+    #[test]
+    fn refusals_are_permanent_and_say_only_why() {
+        let e = Error::Refused("instance x not found".into());
+        assert!(!e.is_retryable() && !e.is_before_send());
+        assert_eq!(e.to_string(), "instance x not found");
+        let p = e.into_provider_error("get_instance_info");
+        assert!(!p.is_retryable());
+        assert_eq!(
+            p.to_string(),
+            ProviderError::permanent("get_instance_info", "instance x not found").to_string()
+        );
     }
 
     #[test]

@@ -35,6 +35,7 @@
 
 mod error;
 mod migrate;
+mod numeric;
 mod options;
 mod pool;
 mod procedures;
@@ -221,7 +222,10 @@ impl PostgresProviderBuilder {
     }
 
     /// Time limit of one `ProviderAdmin` call (default 60 s): bulk deletes
-    /// and pruning may legitimately run longer than hot-path calls.
+    /// and pruning may legitimately run longer than hot-path calls. It also
+    /// bounds lock waits while migrating (`lock_timeout`), so it is at most
+    /// 2,147,483,647 ms (about 24.8 days), PostgreSQL's limit for that
+    /// setting; [`build`](Self::build) refuses more with [`Error::InvalidOption`].
     pub fn admin_call_timeout(mut self, timeout: Duration) -> Self {
         self.options.admin_call_timeout = timeout;
         self
@@ -252,7 +256,8 @@ impl PostgresProviderBuilder {
         self
     }
 
-    /// Server-side `statement_timeout` for every connection (default none).
+    /// Server-side `statement_timeout` for every connection (default none);
+    /// at most 2,147,483,647 ms (about 24.8 days), PostgreSQL's limit.
     pub fn statement_timeout(mut self, timeout: Duration) -> Self {
         self.options.statement_timeout = Some(timeout);
         self

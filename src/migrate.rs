@@ -95,13 +95,13 @@ pub(crate) async fn run(
             let result = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .map_err(|e| Error::Migration(e.to_string()))
+                .map_err(|e| Error::migration(Some("could not start the migration runtime"), e))
                 .and_then(|rt| rt.block_on(apply(&connector, &schema, mode, lock_timeout)));
             let _ = tx.send(result);
         })
-        .map_err(|e| Error::Migration(format!("could not start migration thread: {e}")))?;
+        .map_err(|e| Error::migration(Some("could not start migration thread"), e))?;
     rx.await
-        .map_err(|_| Error::Migration("migration thread stopped unexpectedly".into()))?
+        .map_err(|e| Error::migration(Some("migration thread stopped unexpectedly"), e))?
 }
 
 /// Which of this build's migrations a schema has.
@@ -183,9 +183,10 @@ async fn apply(
     ))
     .await
     .map_err(|e| {
-        Error::Migration(format!(
-            "could not take the migration lock of schema {schema}: {e}"
-        ))
+        Error::migration(
+            Some(&format!("could not take the migration lock of schema {schema}")),
+            e,
+        )
     })?;
     // Another process may have migrated while this one waited for the lock.
     let state = inspect(&mut conn, schema).await?;
@@ -195,7 +196,7 @@ async fn apply(
     if !state.schema_exists {
         conn.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
             .await
-            .map_err(|e| Error::Migration(format!("could not create schema {schema}: {e}")))?;
+            .map_err(|e| Error::migration(Some(&format!("could not create schema {schema}")), e))?;
     }
     let (conn, result) = tokio::task::spawn_blocking(move || {
         let mut wrapper: AsyncConnectionWrapper<AsyncPgConnection> =
@@ -203,11 +204,11 @@ async fn apply(
         let result = wrapper
             .run_pending_migrations(MIGRATIONS)
             .map(|applied| applied.len())
-            .map_err(|e| Error::Migration(e.to_string()));
+            .map_err(|e| Error::migration(None, e));
         (wrapper.into_inner(), result)
     })
     .await
-    .map_err(|e| Error::Migration(format!("migration task failed: {e}")))?;
+    .map_err(|e| Error::migration(Some("migration task failed"), e))?;
     let mut conn = conn;
     conn.batch_execute(&format!(
         "SELECT pg_catalog.pg_advisory_unlock(pg_catalog.hashtext('duroxide-diesel:{schema}'))"

@@ -168,12 +168,25 @@ impl Options {
                 "statement_timeout must be at least 1 ms (use None for no timeout)".into(),
             ));
         }
-        if let Some(name) = &self.application_name {
-            if name.chars().any(|c| c.is_control()) {
-                return Err(Error::InvalidOption(
-                    "application_name must not contain control characters".into(),
-                ));
+        // Sent as server settings: statement_timeout on every connection,
+        // admin_call_timeout as lock_timeout while migrating.
+        for (name, value) in [
+            ("statement_timeout", self.statement_timeout),
+            ("admin_call_timeout", Some(self.admin_call_timeout)),
+        ] {
+            if value.is_some_and(|t| t.as_millis() > crate::numeric::MAX_SETTING_MS) {
+                return Err(Error::InvalidOption(format!(
+                    "{name} must be at most {} ms, PostgreSQL's limit for a timeout setting",
+                    crate::numeric::MAX_SETTING_MS
+                )));
             }
+        }
+        if let Some(name) = &self.application_name
+            && name.chars().any(|c| c.is_control())
+        {
+            return Err(Error::InvalidOption(
+                "application_name must not contain control characters".into(),
+            ));
         }
         Ok(())
     }

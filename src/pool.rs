@@ -113,7 +113,10 @@ impl Connector {
                 let (client, connection) = self.config.connect(tls).await.map_err(connect_error)?;
                 AsyncPgConnection::try_from_client_and_connection(client, connection).await
             }
-            .map_err(|e| Error::Connect(e.to_string()))?;
+            .map_err(|e| Error::Connect {
+                message: e.to_string(),
+                source: Box::new(e),
+            })?;
             conn.batch_execute(&self.setup_sql).await?;
             Ok::<_, Error>(conn)
         };
@@ -125,9 +128,13 @@ impl Connector {
 
 fn connect_error(e: tokio_postgres::Error) -> Error {
     // tokio-postgres' Display drops the server's message; its source has it.
-    match std::error::Error::source(&e) {
-        Some(source) => Error::Connect(format!("{e}: {source}")),
-        None => Error::Connect(e.to_string()),
+    let message = match std::error::Error::source(&e) {
+        Some(source) => format!("{e}: {source}"),
+        None => e.to_string(),
+    };
+    Error::Connect {
+        message,
+        source: Box::new(e),
     }
 }
 
@@ -270,7 +277,8 @@ impl bb8::ManageConnection for Manager {
 /// What the pool reports about failed connection attempts.
 #[derive(Default)]
 struct ConnectFailures {
-    last: Mutex<Option<String>>,
+    /// The last failed attempt, shared by every checkout that reports it.
+    last: Mutex<Option<Arc<Error>>>,
     notify: Notify,
 }
 
@@ -291,7 +299,7 @@ impl bb8::ErrorSink<ManagerError> for FailureSink {
             return; // a discarded idle connection, not a failed attempt
         };
         if let Ok(mut last) = self.0.last.lock() {
-            *last = Some(error.to_string());
+            *last = Some(Arc::new(error));
         }
         self.0.notify.notify_waiters();
     }
@@ -356,7 +364,7 @@ impl Db {
         let limit = self.limit(budget);
         let deadline = Instant::now() + limit;
         let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
-        let mut last_failure: Option<String> = None;
+        let mut last_failure: Option<Arc<Error>> = None;
         loop {
             let failed = self.failures.notify.notified();
             let mut failed = std::pin::pin!(failed);
@@ -364,7 +372,12 @@ impl Db {
             tokio::select! {
                 got = self.pool.get() => match got {
                     Ok(conn) => return Ok(Lease { conn, db: self }),
-                    Err(bb8::RunError::User(e)) => last_failure = Some(e.to_string()),
+                    Err(bb8::RunError::User(ManagerError::Connect(e))) => {
+                        last_failure = Some(Arc::new(e));
+                    }
+                    // Not returned with `test_on_check_out` (bb8 discards the
+                    // connection and takes another), and not a failure.
+                    Err(bb8::RunError::User(ManagerError::Stale)) => {}
                     Err(bb8::RunError::TimedOut) => {}
                 },
                 _ = failed => {
@@ -376,10 +389,16 @@ impl Db {
             if now >= deadline {
                 self.report_fault();
                 return Err(match last_failure {
-                    Some(msg) => Error::Connect(msg),
-                    None => {
-                        Error::Pool(format!("no pooled connection became free within {limit:?}"))
-                    }
+                    // The attempt's own reason, without repeating "could
+                    // not connect"; the attempt itself is the source.
+                    Some(e) => Error::Connect {
+                        message: match &*e {
+                            Error::Connect { message, .. } => message.clone(),
+                            other => other.to_string(),
+                        },
+                        source: Box::new(e),
+                    },
+                    None => Error::Pool { waited: limit },
                 });
             }
             tokio::time::sleep(backoff.next().min(deadline - now)).await;
@@ -443,5 +462,61 @@ pub(crate) async fn bounded<T, E: From<Error>>(
             db.report_fault();
             Err(Error::Timeout(limit).into())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    /// Nothing listens on port 1.
+    const REFUSED: &str = "postgres://postgres@127.0.0.1:1/postgres?sslmode=disable";
+
+    #[tokio::test]
+    async fn a_failed_connection_keeps_the_driver_error_as_its_source() {
+        let connector = Connector::new(REFUSED, &Options::default()).unwrap();
+        let err = connector.connect().await.err().expect("nothing listens");
+        assert!(matches!(err, Error::Connect { .. }), "{err}");
+        assert!(err.is_retryable() && err.is_before_send());
+        let source = err.source().expect("a source");
+        assert!(source.is::<tokio_postgres::Error>(), "{source:?}");
+        // ... whose own source is the refused socket.
+        let io = source.source().expect("the I/O error");
+        assert!(io.is::<std::io::Error>(), "{io:?}");
+    }
+
+    #[tokio::test]
+    async fn a_checkout_that_gave_up_reports_the_last_attempt_as_its_source() {
+        let options = Options {
+            call_timeout: Duration::from_millis(300),
+            ..Options::default()
+        };
+        let connector = Connector::new(REFUSED, &options).unwrap();
+        let db = Db::new(&connector, &options);
+        let err = db.lease(Budget::Call).await.err().expect("nothing listens");
+        assert!(matches!(err, Error::Connect { .. }), "{err}");
+        assert!(err.is_retryable() && err.is_before_send());
+        let text = err.to_string();
+        assert_eq!(text.matches("could not connect").count(), 1, "{text}");
+        let attempt = err.source().expect("the last attempt");
+        let attempt = attempt.downcast_ref::<Arc<Error>>().expect("an Error");
+        assert!(matches!(**attempt, Error::Connect { .. }), "{attempt}");
+        let driver = attempt.source().expect("the driver's error");
+        assert!(driver.is::<tokio_postgres::Error>(), "{driver:?}");
+    }
+
+    #[test]
+    fn pool_exhaustion_has_no_underlying_error() {
+        let err = Error::Pool {
+            waited: Duration::from_secs(5),
+        };
+        assert_eq!(
+            err.to_string(),
+            "no database connection available: no pooled connection became free within 5s"
+        );
+        assert!(err.source().is_none());
+        assert!(err.is_retryable() && err.is_before_send());
     }
 }

@@ -68,9 +68,8 @@ pub(crate) fn settings(url: &str, ca_pem: Option<&[u8]>) -> Result<Tls> {
         (Some(pem), _) => Some(roots_from_pem(pem)?),
         (None, Some("system")) => Some(system_roots()?),
         (None, Some(path)) => {
-            let pem = std::fs::read(path).map_err(|e| {
-                Error::InvalidOption(format!("cannot read sslrootcert {path}: {e}"))
-            })?;
+            let pem = std::fs::read(path)
+                .map_err(|e| Error::tls(&format!("cannot read sslrootcert {path}"), e))?;
             Some(roots_from_pem(&pem)?)
         }
         (None, None) => None,
@@ -81,7 +80,7 @@ pub(crate) fn settings(url: &str, ca_pem: Option<&[u8]>) -> Result<Tls> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| Error::InvalidOption(format!("TLS setup failed: {e}")))?;
+        .map_err(|e| Error::tls("TLS setup failed", e))?;
     let config = match (mode, roots) {
         (Mode::VerifyFull, Some(roots)) => {
             builder.with_root_certificates(roots).with_no_client_auth()
@@ -89,7 +88,7 @@ pub(crate) fn settings(url: &str, ca_pem: Option<&[u8]>) -> Result<Tls> {
         (Mode::VerifyCa, Some(roots)) => {
             let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
-                .map_err(|e| Error::InvalidOption(format!("TLS setup failed: {e}")))?;
+                .map_err(|e| Error::tls("TLS setup failed", e))?;
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(AnyName(webpki)))
@@ -122,11 +121,10 @@ pub(crate) fn settings(url: &str, ca_pem: Option<&[u8]>) -> Result<Tls> {
 fn roots_from_pem(pem: &[u8]) -> Result<RootCertStore> {
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(pem) {
-        let cert = cert
-            .map_err(|e| Error::InvalidOption(format!("CA certificate is not valid PEM: {e}")))?;
+        let cert = cert.map_err(|e| Error::tls("CA certificate is not valid PEM", e))?;
         roots
             .add(cert)
-            .map_err(|e| Error::InvalidOption(format!("CA certificate rejected: {e}")))?;
+            .map_err(|e| Error::tls("CA certificate rejected", e))?;
     }
     if roots.is_empty() {
         return Err(Error::InvalidOption(
@@ -361,5 +359,24 @@ mod tests {
         assert!(matches!(err, Error::InvalidUrl(_)), "{err}");
         let err = ssl("postgres://h/db?sslrootcert=/no/such/file.pem").unwrap_err();
         assert!(err.to_string().contains("/no/such/file.pem"), "{err}");
+        assert!(
+            matches!(err, Error::Tls { .. }) && !err.is_retryable(),
+            "{err}"
+        );
+        let source = std::error::Error::source(&err).expect("the I/O error");
+        assert!(source.is::<std::io::Error>(), "{source:?}");
+    }
+
+    #[test]
+    fn a_malformed_ca_keeps_the_parser_error_as_its_source() {
+        let pem = b"-----BEGIN CERTIFICATE-----\nnot base64 !!!\n-----END CERTIFICATE-----\n";
+        let err = settings("postgres://h/db", Some(pem))
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(err, Error::Tls { .. }) && !err.is_retryable(),
+            "{err}"
+        );
+        assert!(std::error::Error::source(&err).is_some(), "{err}");
     }
 }

@@ -338,8 +338,10 @@ async fn waiting_for_the_migration_lock_is_bounded() {
         .build()
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Migration(_)), "{err}");
+    assert!(matches!(err, Error::Migration { .. }), "{err}");
     assert!(err.to_string().contains("migration lock"), "{err}");
+    let source = std::error::Error::source(&err).expect("the statement's error");
+    assert!(source.is::<diesel::result::Error>(), "{source:?}");
     assert!(started.elapsed() < Duration::from_secs(4));
     hold.await.unwrap();
     db.cleanup().await;

@@ -321,7 +321,7 @@ async fn a_least_privilege_role_runs_workflows_on_a_migrated_schema() {
     // Migrating needs DDL, which this role may not run.
     let other = unique_schema("dx_lp_new");
     match build(&app_url, &other, MigrationMode::Apply).await {
-        Err(Error::Migration(message)) => assert!(message.contains(&other), "{message}"),
+        Err(Error::Migration { message, .. }) => assert!(message.contains(&other), "{message}"),
         other => panic!("expected a migration error, got {other:?}"),
     }
 

@@ -68,9 +68,11 @@ async fn unreachable_server_fails_with_a_connection_error() {
         .build()
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Connect(_)), "{err}");
+    assert!(matches!(err, Error::Connect { .. }), "{err}");
     assert!(err.is_retryable());
     assert!(err.to_string().contains("could not connect"), "{err}");
+    let source = std::error::Error::source(&err).expect("the driver's error");
+    assert!(source.is::<tokio_postgres::Error>(), "{source:?}");
 }
 
 #[tokio::test]
@@ -105,7 +107,7 @@ async fn unknown_role_or_database_is_a_clear_error() {
     let err = PostgresProvider::new(&format!("{base}/no_such_database_x"))
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Connect(_)), "{err}");
+    assert!(matches!(err, Error::Connect { .. }), "{err}");
     assert!(err.to_string().contains("no_such_database_x"), "{err}");
 }
 

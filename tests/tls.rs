@@ -41,7 +41,7 @@ async fn sslmode_require_encrypts_or_fails_clearly() {
         );
     } else {
         let err = built.unwrap_err();
-        assert!(matches!(err, Error::Connect(_)), "{err}");
+        assert!(matches!(err, Error::Connect { .. }), "{err}");
     }
     db.cleanup().await;
 }
@@ -123,7 +123,7 @@ async fn ca_verification_accepts_the_right_ca_and_rejects_others() {
         .build()
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Connect(_)), "{err}");
+    assert!(matches!(err, Error::Connect { .. }), "{err}");
     assert!(
         err.to_string().to_lowercase().contains("certificate"),
         "{err}"
@@ -237,7 +237,7 @@ async fn a_configured_ca_refuses_a_server_that_declines_tls() {
         .build()
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Connect(_)), "{err}");
+    assert!(matches!(err, Error::Connect { .. }), "{err}");
     let sent_after_refusal = server.await.unwrap();
     assert!(
         sent_after_refusal.is_empty(),

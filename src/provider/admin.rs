@@ -20,7 +20,8 @@ use serde_json::Value;
 
 use super::{codec, history as history_reads};
 use crate::PostgresProvider;
-use crate::error::Error;
+use crate::error::{Error, Result};
+use crate::numeric;
 use crate::pool::{Budget, bounded};
 use crate::procedures::*;
 use crate::schema::{executions, history, instances, orchestrator_queue, worker_queue};
@@ -28,41 +29,6 @@ use crate::schema::{executions, history, instances, orchestrator_queue, worker_q
 /// Instances a bulk call considers when the filter sets no limit, as
 /// [`InstanceFilter::limit`] documents.
 const DEFAULT_BULK_LIMIT: u32 = 1000;
-
-/// Milliseconds from the Unix epoch to PostgreSQL's epoch (2000-01-01).
-const PG_EPOCH_UNIX_MS: i64 = 946_684_800_000;
-
-/// Why an admin call failed.
-enum Failure {
-    /// The database or the stored data failed; classified by [`Error`].
-    Db(Error),
-    /// The contract refuses the request (not found, still running, ...):
-    /// always permanent, and the message is what the caller sees.
-    Refused(String),
-}
-
-impl From<Error> for Failure {
-    fn from(e: Error) -> Self {
-        Failure::Db(e)
-    }
-}
-
-impl From<diesel::result::Error> for Failure {
-    fn from(e: diesel::result::Error) -> Self {
-        Failure::Db(e.into())
-    }
-}
-
-impl Failure {
-    fn into_provider_error(self, op: &str) -> ProviderError {
-        match self {
-            Failure::Db(e) => e.into_provider_error(op),
-            Failure::Refused(msg) => ProviderError::permanent(op, msg),
-        }
-    }
-}
-
-type AdminResult<T> = std::result::Result<T, Failure>;
 
 /// A procedure result: its counts, or the contract's refusal.
 #[derive(Deserialize)]
@@ -72,9 +38,9 @@ enum Outcome<T> {
     Done(T),
 }
 
-fn decode<T: DeserializeOwned>(doc: Value) -> AdminResult<T> {
+fn decode<T: DeserializeOwned>(doc: Value) -> Result<T> {
     match codec::from_json::<Outcome<T>>(doc, "procedure result")? {
-        Outcome::Refused { error } => Err(Failure::Refused(error)),
+        Outcome::Refused { error } => Err(Error::Refused(error)),
         Outcome::Done(value) => Ok(value),
     }
 }
@@ -123,26 +89,17 @@ fn current_execution() -> _ {
         .and(executions::execution_id.eq(instances::current_execution_id))
 }
 
-fn unix_ms(t: PgTimestamp) -> u64 {
-    u64::try_from(t.0.div_euclid(1000) + PG_EPOCH_UNIX_MS).unwrap_or(0)
+/// A caller's cut-off time as the procedures' BIGINT milliseconds.
+fn cutoff_arg(ms: Option<u64>, what: &str) -> Result<Option<i64>> {
+    ms.map(|v| numeric::unix_ms(v, what)).transpose()
 }
 
-/// A count or id read from the database; never negative in practice.
-fn unsigned(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
+/// A caller's count as the procedures' INT.
+fn count_arg(v: Option<u32>, what: &str) -> Result<Option<i32>> {
+    v.map(|v| numeric::to_int(v, what)).transpose()
 }
 
-/// A caller's millisecond timestamp as the procedures' BIGINT, saturating.
-fn ms_arg(ms: Option<u64>) -> Option<i64> {
-    ms.map(|v| i64::try_from(v).unwrap_or(i64::MAX))
-}
-
-/// A caller's count as the procedures' INT, saturating.
-fn int_arg(v: u32) -> i32 {
-    i32::try_from(v).unwrap_or(i32::MAX)
-}
-
-async fn list_instances(p: &PostgresProvider) -> AdminResult<Vec<String>> {
+async fn list_instances(p: &PostgresProvider) -> Result<Vec<String>> {
     let mut conn = p.db.lease(Budget::Admin).await?;
     Ok(instances::table
         .order(instances::created_at.desc())
@@ -151,7 +108,7 @@ async fn list_instances(p: &PostgresProvider) -> AdminResult<Vec<String>> {
         .await?)
 }
 
-async fn list_instances_by_status(p: &PostgresProvider, status: &str) -> AdminResult<Vec<String>> {
+async fn list_instances_by_status(p: &PostgresProvider, status: &str) -> Result<Vec<String>> {
     let mut conn = p.db.lease(Budget::Admin).await?;
     Ok(instances::table
         .inner_join(executions::table.on(current_execution()))
@@ -162,7 +119,7 @@ async fn list_instances_by_status(p: &PostgresProvider, status: &str) -> AdminRe
         .await?)
 }
 
-async fn list_executions(p: &PostgresProvider, instance: &str) -> AdminResult<Vec<u64>> {
+async fn list_executions(p: &PostgresProvider, instance: &str) -> Result<Vec<u64>> {
     let mut conn = p.db.lease(Budget::Admin).await?;
     let ids: Vec<i64> = executions::table
         .filter(executions::instance_id.eq(instance))
@@ -170,19 +127,21 @@ async fn list_executions(p: &PostgresProvider, instance: &str) -> AdminResult<Ve
         .select(executions::execution_id)
         .load(&mut conn)
         .await?;
-    Ok(ids.into_iter().map(unsigned).collect())
+    ids.into_iter()
+        .map(|id| numeric::from_bigint(id, "execution_id"))
+        .collect()
 }
 
 /// The highest recorded execution id, 1 when there is none (duroxide's
 /// convention for an instance that has not started yet).
-async fn latest_execution_id(p: &PostgresProvider, instance: &str) -> AdminResult<u64> {
+async fn latest_execution_id(p: &PostgresProvider, instance: &str) -> Result<u64> {
     let mut conn = p.db.lease(Budget::Admin).await?;
     let latest: Option<i64> = executions::table
         .filter(executions::instance_id.eq(instance))
         .select(max(executions::execution_id))
         .get_result(&mut conn)
         .await?;
-    Ok(latest.map_or(1, unsigned))
+    latest.map_or(Ok(1), |id| numeric::from_bigint(id, "execution_id"))
 }
 
 /// An instance joined with its current execution (absent if never acked).
@@ -199,7 +158,7 @@ struct InstanceRow {
     output: Option<String>,
 }
 
-async fn instance_info(p: &PostgresProvider, instance: &str) -> AdminResult<InstanceInfo> {
+async fn instance_info(p: &PostgresProvider, instance: &str) -> Result<InstanceInfo> {
     let mut conn = p.db.lease(Budget::Admin).await?;
     let row: Option<InstanceRow> = instances::table
         .left_join(executions::table.on(current_execution()))
@@ -219,7 +178,7 @@ async fn instance_info(p: &PostgresProvider, instance: &str) -> AdminResult<Inst
         .await
         .optional()?;
     let Some(row) = row else {
-        return Err(Failure::Refused(format!("instance {instance} not found")));
+        return Err(Error::Refused(format!("instance {instance} not found")));
     };
     Ok(InstanceInfo {
         instance_id: row.instance_id,
@@ -229,11 +188,14 @@ async fn instance_info(p: &PostgresProvider, instance: &str) -> AdminResult<Inst
         orchestration_version: row
             .orchestration_version
             .unwrap_or_else(|| "unknown".to_owned()),
-        current_execution_id: unsigned(row.current_execution_id),
+        current_execution_id: numeric::from_bigint(
+            row.current_execution_id,
+            "current_execution_id",
+        )?,
         status: row.status.unwrap_or_else(|| "Unknown".to_owned()),
         output: row.output,
-        created_at: unix_ms(row.created_at),
-        updated_at: unix_ms(row.updated_at),
+        created_at: numeric::from_timestamp(row.created_at, "created_at")?,
+        updated_at: numeric::from_timestamp(row.updated_at, "updated_at")?,
         parent_instance_id: row.parent_instance_id,
     })
 }
@@ -252,8 +214,8 @@ async fn execution_info(
     p: &PostgresProvider,
     instance: &str,
     execution_id: u64,
-) -> AdminResult<ExecutionInfo> {
-    let exec = codec::to_i64(execution_id, "execution_id")?;
+) -> Result<ExecutionInfo> {
+    let exec = numeric::to_bigint(execution_id, "execution_id")?;
     let event_count = history::table
         .filter(history::instance_id.eq(instance))
         .filter(history::execution_id.eq(exec))
@@ -274,7 +236,7 @@ async fn execution_info(
         .await
         .optional()?;
     let Some(row) = row else {
-        return Err(Failure::Refused(format!(
+        return Err(Error::Refused(format!(
             "execution {execution_id} of instance {instance} not found"
         )));
     };
@@ -282,9 +244,12 @@ async fn execution_info(
         execution_id,
         status: row.status,
         output: row.output,
-        started_at: unix_ms(row.started_at),
-        completed_at: row.completed_at.map(unix_ms),
-        event_count: usize::try_from(row.event_count.unwrap_or(0)).unwrap_or(0),
+        started_at: numeric::from_timestamp(row.started_at, "started_at")?,
+        completed_at: row
+            .completed_at
+            .map(|t| numeric::from_timestamp(t, "completed_at"))
+            .transpose()?,
+        event_count: numeric::to_count(row.event_count.unwrap_or(0), "event count")?,
     })
 }
 
@@ -301,7 +266,7 @@ struct MetricsRow {
 
 /// All counters in one statement; instance statuses are those of each
 /// instance's current execution.
-async fn system_metrics(p: &PostgresProvider) -> AdminResult<SystemMetrics> {
+async fn system_metrics(p: &PostgresProvider) -> Result<SystemMetrics> {
     let with_status = |status: &'static str| {
         instances::table
             .inner_join(executions::table.on(current_execution()))
@@ -320,14 +285,14 @@ async fn system_metrics(p: &PostgresProvider) -> AdminResult<SystemMetrics> {
     ))
     .get_result(&mut conn)
     .await?;
-    let n = |v: Option<i64>| unsigned(v.unwrap_or(0));
+    let n = |v: Option<i64>| numeric::from_bigint(v.unwrap_or(0), "count");
     Ok(SystemMetrics {
-        total_instances: n(row.instances),
-        total_executions: n(row.executions),
-        running_instances: n(row.running),
-        completed_instances: n(row.completed),
-        failed_instances: n(row.failed),
-        total_events: n(row.events),
+        total_instances: n(row.instances)?,
+        total_executions: n(row.executions)?,
+        running_instances: n(row.running)?,
+        completed_instances: n(row.completed)?,
+        failed_instances: n(row.failed)?,
+        total_events: n(row.events)?,
     })
 }
 
@@ -338,7 +303,7 @@ async fn system_metrics(p: &PostgresProvider) -> AdminResult<SystemMetrics> {
 /// unlocked messages of either queue scheduled for later (durable timers and
 /// retries delayed by an abandon), which are not ready work. Locked messages
 /// (being processed) are in none of them. One statement, one snapshot.
-async fn queue_depths(p: &PostgresProvider) -> AdminResult<QueueDepths> {
+async fn queue_depths(p: &PostgresProvider) -> Result<QueueDepths> {
     use diesel::dsl::now;
     let mut conn = p.db.lease(Budget::Admin).await?;
     use orchestrator_queue as oq;
@@ -368,15 +333,15 @@ async fn queue_depths(p: &PostgresProvider) -> AdminResult<QueueDepths> {
     ))
     .get_result(&mut conn)
     .await?;
-    let n = |v: Option<i64>| usize::try_from(v.unwrap_or(0)).unwrap_or(0);
+    let n = |v: Option<i64>| numeric::to_count(v.unwrap_or(0), "queue depth");
     Ok(QueueDepths {
-        orchestrator_queue: n(orchestrator_ready),
-        worker_queue: n(worker_ready),
-        timer_queue: n(orchestrator_later) + n(worker_later),
+        orchestrator_queue: n(orchestrator_ready)?,
+        worker_queue: n(worker_ready)?,
+        timer_queue: n(orchestrator_later)? + n(worker_later)?,
     })
 }
 
-async fn list_children(p: &PostgresProvider, instance: &str) -> AdminResult<Vec<String>> {
+async fn list_children(p: &PostgresProvider, instance: &str) -> Result<Vec<String>> {
     let mut conn = p.db.lease(Budget::Admin).await?;
     Ok(instances::table
         .filter(instances::parent_instance_id.eq(instance))
@@ -386,7 +351,7 @@ async fn list_children(p: &PostgresProvider, instance: &str) -> AdminResult<Vec<
         .await?)
 }
 
-async fn parent_id(p: &PostgresProvider, instance: &str) -> AdminResult<Option<String>> {
+async fn parent_id(p: &PostgresProvider, instance: &str) -> Result<Option<String>> {
     let mut conn = p.db.lease(Budget::Admin).await?;
     instances::table
         .filter(instances::instance_id.eq(instance))
@@ -394,11 +359,11 @@ async fn parent_id(p: &PostgresProvider, instance: &str) -> AdminResult<Option<S
         .first(&mut conn)
         .await
         .optional()?
-        .ok_or_else(|| Failure::Refused(format!("instance {instance} not found")))
+        .ok_or_else(|| Error::Refused(format!("instance {instance} not found")))
 }
 
 /// The whole tree in one recursive query rather than one round trip per node.
-async fn instance_tree(p: &PostgresProvider, root: &str) -> AdminResult<InstanceTree> {
+async fn instance_tree(p: &PostgresProvider, root: &str) -> Result<InstanceTree> {
     let mut conn = p.db.lease(Budget::Admin).await?;
     let all_ids: Vec<String> = select(dx_instance_tree(root)).get_result(&mut conn).await?;
     Ok(InstanceTree {
@@ -411,7 +376,7 @@ async fn delete_tree(
     p: &PostgresProvider,
     instance: &str,
     force: bool,
-) -> AdminResult<DeleteInstanceResult> {
+) -> Result<DeleteInstanceResult> {
     let mut conn = p.db.lease(Budget::Admin).await?;
     let doc: Value = select(dx_delete_instance(instance, force))
         .get_result(&mut conn)
@@ -423,7 +388,7 @@ async fn delete_exact(
     p: &PostgresProvider,
     ids: &[String],
     force: bool,
-) -> AdminResult<DeleteInstanceResult> {
+) -> Result<DeleteInstanceResult> {
     if ids.is_empty() {
         return Ok(DeleteInstanceResult::default());
     }
@@ -437,15 +402,16 @@ async fn delete_exact(
 async fn delete_bulk(
     p: &PostgresProvider,
     filter: &InstanceFilter,
-) -> AdminResult<DeleteInstanceResult> {
+) -> Result<DeleteInstanceResult> {
     if filter.instance_ids.as_ref().is_some_and(Vec::is_empty) {
         return Ok(DeleteInstanceResult::default());
     }
-    let limit = int_arg(filter.limit.unwrap_or(DEFAULT_BULK_LIMIT));
+    let limit = numeric::to_int(filter.limit.unwrap_or(DEFAULT_BULK_LIMIT), "limit")?;
+    let completed_before = cutoff_arg(filter.completed_before, "completed_before")?;
     let mut conn = p.db.lease(Budget::Admin).await?;
     let doc: Value = select(dx_delete_instances_bulk(
         filter.instance_ids.as_deref(),
-        ms_arg(filter.completed_before),
+        completed_before,
         limit,
     ))
     .get_result(&mut conn)
@@ -457,15 +423,13 @@ async fn prune(
     p: &PostgresProvider,
     instance: &str,
     options: &PruneOptions,
-) -> AdminResult<PruneResult> {
+) -> Result<PruneResult> {
+    let keep_last = count_arg(options.keep_last, "keep_last")?;
+    let completed_before = cutoff_arg(options.completed_before, "completed_before")?;
     let mut conn = p.db.lease(Budget::Admin).await?;
-    let doc: Value = select(dx_prune_executions(
-        instance,
-        options.keep_last.map(int_arg),
-        ms_arg(options.completed_before),
-    ))
-    .get_result(&mut conn)
-    .await?;
+    let doc: Value = select(dx_prune_executions(instance, keep_last, completed_before))
+        .get_result(&mut conn)
+        .await?;
     Ok(decode::<PruneCounts>(doc)?.into())
 }
 
@@ -473,18 +437,21 @@ async fn prune_bulk(
     p: &PostgresProvider,
     filter: &InstanceFilter,
     options: &PruneOptions,
-) -> AdminResult<PruneResult> {
+) -> Result<PruneResult> {
     if filter.instance_ids.as_ref().is_some_and(Vec::is_empty) {
         return Ok(PruneResult::default());
     }
-    let limit = int_arg(filter.limit.unwrap_or(DEFAULT_BULK_LIMIT));
+    let limit = numeric::to_int(filter.limit.unwrap_or(DEFAULT_BULK_LIMIT), "limit")?;
+    let instances_completed_before = cutoff_arg(filter.completed_before, "completed_before")?;
+    let keep_last = count_arg(options.keep_last, "keep_last")?;
+    let completed_before = cutoff_arg(options.completed_before, "completed_before")?;
     let mut conn = p.db.lease(Budget::Admin).await?;
     let doc: Value = select(dx_prune_executions_bulk(
         filter.instance_ids.as_deref(),
-        ms_arg(filter.completed_before),
+        instances_completed_before,
         limit,
-        options.keep_last.map(int_arg),
-        ms_arg(options.completed_before),
+        keep_last,
+        completed_before,
     ))
     .get_result(&mut conn)
     .await?;
@@ -492,17 +459,14 @@ async fn prune_bulk(
 }
 
 /// One admin call within the admin call limit, failing as duroxide's error.
-async fn admin_call<T, E>(
+async fn admin_call<T>(
     p: &PostgresProvider,
     op: &'static str,
-    call: impl std::future::Future<Output = std::result::Result<T, E>>,
-) -> std::result::Result<T, ProviderError>
-where
-    E: From<Error> + Into<Failure>,
-{
+    call: impl std::future::Future<Output = Result<T>>,
+) -> std::result::Result<T, ProviderError> {
     bounded(&p.db, Budget::Admin, call)
         .await
-        .map_err(|e| e.into().into_provider_error(op))
+        .map_err(|e| e.into_provider_error(op))
 }
 
 #[async_trait::async_trait]

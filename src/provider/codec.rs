@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
+use crate::numeric;
 
 /// Serializes a value into a JSONB document.
 pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> Result<Value> {
@@ -61,7 +62,9 @@ pub(crate) fn orchestrator_entry(item: &WorkItem) -> Result<Value> {
     let instance = orchestrator_instance(item)?;
     refuse_long_instance(instance)?;
     let visible_at_ms = match item {
-        WorkItem::TimerFired { fire_at_ms, .. } => Some(*fire_at_ms),
+        WorkItem::TimerFired { fire_at_ms, .. } => {
+            Some(numeric::unix_ms(*fire_at_ms, "timer fire_at_ms")?)
+        }
         _ => None,
     };
     let doc = storable_item(item)?;
@@ -102,8 +105,8 @@ pub(crate) fn worker_route(item: &WorkItem) -> Result<WorkerRoute<'_>> {
             ..
         } => Ok(WorkerRoute {
             instance,
-            execution_id: to_i64(*execution_id, "execution_id")?,
-            activity_id: to_i64(*id, "activity id")?,
+            execution_id: numeric::to_bigint(*execution_id, "execution_id")?,
+            activity_id: numeric::to_bigint(*id, "activity id")?,
             session_id: session_id.as_deref(),
             tag: tag.as_deref(),
         }),
@@ -136,6 +139,7 @@ pub(crate) fn history_delta(events: &[Event]) -> Result<Value> {
                 "event_id must be assigned by the runtime (got 0)".into(),
             ));
         }
+        numeric::to_bigint(event.event_id(), "event_id")?;
         let doc = to_json(event)?;
         let kind = doc.get("type").and_then(Value::as_str).unwrap_or("unknown");
         refuse_nul(
@@ -241,15 +245,6 @@ pub(crate) fn refuse_nul(value: &Value, what: &str) -> Result<()> {
     }
 }
 
-/// Milliseconds as the procedures' BIGINT, saturating.
-pub(crate) fn millis(d: std::time::Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-pub(crate) fn to_i64(v: u64, what: &str) -> Result<i64> {
-    i64::try_from(v).map_err(|_| Error::Data(format!("{what} {v} exceeds the BIGINT range")))
-}
-
 /// Decodes stored history; any undecodable event fails the whole read.
 pub(crate) fn decode_history(rows: Vec<Value>) -> Result<Vec<Event>> {
     rows.into_iter()
@@ -338,19 +333,22 @@ pub(crate) fn custom_status_change(events: &[Event]) -> Option<Value> {
 }
 
 /// Key-value mutations of a turn, in order.
-pub(crate) fn kv_ops(events: &[Event]) -> Value {
-    let ops: Vec<Value> = events
-        .iter()
-        .filter_map(|e| match &e.kind {
+pub(crate) fn kv_ops(events: &[Event]) -> Result<Value> {
+    let mut ops = Vec::new();
+    for e in events {
+        match &e.kind {
             EventKind::KeyValueSet {
                 key,
                 value,
                 last_updated_at_ms,
-            } => Some(json!({ "op": "set", "key": key, "value": value, "ts": last_updated_at_ms })),
-            EventKind::KeyValueCleared { key } => Some(json!({ "op": "clear", "key": key })),
-            EventKind::KeyValuesCleared => Some(json!({ "op": "clear_all" })),
-            _ => None,
-        })
-        .collect();
-    Value::Array(ops)
+            } => {
+                let ts = numeric::to_bigint(*last_updated_at_ms, "KV last_updated_at_ms")?;
+                ops.push(json!({ "op": "set", "key": key, "value": value, "ts": ts }));
+            }
+            EventKind::KeyValueCleared { key } => ops.push(json!({ "op": "clear", "key": key })),
+            EventKind::KeyValuesCleared => ops.push(json!({ "op": "clear_all" })),
+            _ => {}
+        }
+    }
+    Ok(Value::Array(ops))
 }

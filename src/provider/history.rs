@@ -8,6 +8,7 @@ use serde_json::Value;
 use super::codec;
 use crate::PostgresProvider;
 use crate::error::Result;
+use crate::numeric;
 use crate::pool::Budget;
 use crate::schema::{executions, history};
 
@@ -40,7 +41,7 @@ pub(crate) async fn read_execution(
     instance: &str,
     execution_id: u64,
 ) -> Result<Vec<Event>> {
-    let execution_id = codec::to_i64(execution_id, "execution_id")?;
+    let execution_id = numeric::to_bigint(execution_id, "execution_id")?;
     let mut conn = p.db.lease(Budget::Call).await?;
     let rows: Vec<Value> = history::table
         .filter(history::instance_id.eq(instance))
@@ -63,7 +64,7 @@ pub(crate) async fn append(
         return Err(codec::nul_refusal("instance id", ""));
     }
     codec::history_delta(events)?;
-    let execution_id = codec::to_i64(execution_id, "execution_id")?;
+    let execution_id = numeric::to_bigint(execution_id, "execution_id")?;
     let rows = events
         .iter()
         .map(|e| {
@@ -76,7 +77,7 @@ pub(crate) async fn append(
             Ok((
                 history::instance_id.eq(instance.to_owned()),
                 history::execution_id.eq(execution_id),
-                history::event_id.eq(codec::to_i64(e.event_id(), "event_id")?),
+                history::event_id.eq(numeric::to_bigint(e.event_id(), "event_id")?),
                 history::event_type.eq(event_type),
                 history::event_data.eq(data),
             ))

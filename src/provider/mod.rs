@@ -25,9 +25,15 @@ use tokio::sync::Notify;
 
 use crate::PostgresProvider;
 use crate::error::Result;
+use crate::numeric;
 use crate::pool::{Backoff, Budget, bounded};
 
 use unclaimed::{Claim, Queue};
+
+/// An optional delay as the procedures' milliseconds (none = 0).
+fn delay_ms(delay: Option<Duration>) -> Result<i64> {
+    delay.map_or(Ok(0), |d| numeric::duration_ms(d, "delay"))
+}
 
 /// Outcome of one fetch attempt, for the shared long-poll loop.
 enum Step<T> {
@@ -88,12 +94,12 @@ impl PostgresProvider {
             }
 
             // A turn took this waiter: its item is on the way, no query needed.
-            if let (Some(reg), Some(inbox)) = (registration.as_mut(), inbox.as_ref()) {
-                if reg.claimed() {
-                    match reg.handed().await {
-                        Some(handed) => return Ok(Some((inbox.convert)(handed))),
-                        None => registration = None,
-                    }
+            if let (Some(reg), Some(inbox)) = (registration.as_mut(), inbox.as_ref())
+                && reg.claimed()
+            {
+                match reg.handed().await {
+                    Some(handed) => return Ok(Some((inbox.convert)(handed))),
+                    None => registration = None,
                 }
             }
 

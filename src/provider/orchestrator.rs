@@ -16,6 +16,7 @@ use super::codec::{self, AckOutcome, ClaimedOrchestration, Fetched};
 use super::unclaimed::{Claim, Queue};
 use crate::PostgresProvider;
 use crate::error::{Error, Result};
+use crate::numeric;
 use crate::pool::Budget;
 use crate::procedures::*;
 
@@ -38,13 +39,16 @@ pub(crate) async fn fetch_once(
         None => (None, None),
         Some(f) => match f.supported_duroxide_versions.as_slice().first() {
             None => return Ok(Attempt::Idle(None)),
-            Some(r) => (Some(version_array(&r.min)), Some(version_array(&r.max))),
+            Some(r) => (
+                Some(version_array(&r.min, "version range")?),
+                Some(version_array(&r.max, "version range")?),
+            ),
         },
     };
     let mut conn = p.db.lease(Budget::Call).await?;
     let doc: Value = select(dx_fetch_orchestration(
         token,
-        codec::millis(lock_timeout),
+        numeric::duration_ms(lock_timeout, "lock timeout")?,
         min,
         max,
     ))
@@ -57,10 +61,11 @@ pub(crate) async fn fetch_once(
     }
 }
 
-fn version_array(v: &semver::Version) -> Vec<i32> {
+/// `[major, minor, patch]` as the procedures' `INT[]`.
+fn version_array(v: &semver::Version, what: &str) -> Result<Vec<i32>> {
     [v.major, v.minor, v.patch]
-        .iter()
-        .map(|n| i32::try_from(*n).unwrap_or(i32::MAX))
+        .into_iter()
+        .map(|n| numeric::to_int(n, what))
         .collect()
 }
 
@@ -168,7 +173,7 @@ pub(crate) async fn ack(
     metadata: &ExecutionMetadata,
     cancelled: &[ScheduledActivityIdentifier],
 ) -> Result<()> {
-    let execution_id = codec::to_i64(execution_id, "execution_id")?;
+    let execution_id = numeric::to_bigint(execution_id, "execution_id")?;
     refuse_unstorable_state(metadata, history_delta)?;
     let history = codec::history_delta(history_delta)?;
     let workers = worker_items
@@ -179,19 +184,30 @@ pub(crate) async fn ack(
         .iter()
         .map(codec::orchestrator_entry)
         .collect::<Result<Vec<_>>>()?;
+    let kv_ops = codec::kv_ops(history_delta)?;
+    let pinned_version = match &metadata.pinned_duroxide_version {
+        Some(v) => Some(version_array(v, "pinned duroxide version")?),
+        None => None,
+    };
     let metadata = json!({
         "status": metadata.status,
         "output": metadata.output,
         "orchestration_name": metadata.orchestration_name,
         "orchestration_version": metadata.orchestration_version,
         "parent_instance_id": metadata.parent_instance_id,
-        "pinned_version": metadata.pinned_duroxide_version.as_ref().map(|v| [v.major, v.minor, v.patch]),
+        "pinned_version": pinned_version,
     });
     codec::refuse_nul(&metadata, "execution metadata")?;
-    let cancelled_docs: Vec<Value> = cancelled
+    let cancelled_docs = cancelled
         .iter()
-        .map(|a| json!({ "instance": a.instance, "execution_id": a.execution_id, "activity_id": a.activity_id }))
-        .collect();
+        .map(|a| {
+            Ok(json!({
+                "instance": a.instance,
+                "execution_id": numeric::to_bigint(a.execution_id, "cancelled activity execution_id")?,
+                "activity_id": numeric::to_bigint(a.activity_id, "cancelled activity id")?,
+            }))
+        })
+        .collect::<Result<Vec<Value>>>()?;
     for doc in &cancelled_docs {
         codec::refuse_nul(doc, "cancelled activity")?;
     }
@@ -199,12 +215,17 @@ pub(crate) async fn ack(
     // A worker of this process waiting for work gets one of the new
     // activities claimed for it by this same statement.
     let claim = p.worker_waiters.claim(worker_items, cancelled);
+    let claim_lock_ms = match &claim {
+        Some(c) => numeric::duration_ms(c.lock_timeout, "lock timeout")?,
+        None => 0,
+    };
     // The claimed activity's token is chosen here: if this call's outcome
     // is unknown, or the waiter is gone, the lock is released at once.
     let unclaimed = claim.as_ref().map(|_| Claim::new(&p.db, Queue::Worker));
-    let claim_doc = claim.as_ref().zip(unclaimed.as_ref()).map(|(c, u)| {
-        json!({ "index": c.index, "lock_ms": codec::millis(c.lock_timeout), "token": u.token() })
-    });
+    let claim_doc = claim
+        .as_ref()
+        .zip(unclaimed.as_ref())
+        .map(|(c, u)| json!({ "index": c.index, "lock_ms": claim_lock_ms, "token": u.token() }));
 
     let mut conn = p.db.lease(Budget::Call).await?;
     let doc: Value = select(dx_ack_orchestration(
@@ -215,7 +236,7 @@ pub(crate) async fn ack(
         Value::Array(orchestrators),
         metadata,
         codec::custom_status_change(history_delta),
-        codec::kv_ops(history_delta),
+        kv_ops,
         Value::Array(cancelled_docs),
         claim_doc,
     ))
@@ -317,7 +338,7 @@ pub(crate) async fn abandon(
     delay: Option<Duration>,
     ignore_attempt: bool,
 ) -> Result<()> {
-    let delay_ms = delay.map(codec::millis).unwrap_or(0);
+    let delay_ms = super::delay_ms(delay)?;
     let mut conn = p.db.lease(Budget::Call).await?;
     let found: bool = select(dx_abandon_orchestration(
         lock_token,
@@ -338,7 +359,7 @@ pub(crate) async fn renew(
     let mut conn = p.db.lease(Budget::Call).await?;
     let renewed: bool = select(dx_renew_orchestration_lock(
         lock_token,
-        codec::millis(extend_for),
+        numeric::duration_ms(extend_for, "lock extension")?,
     ))
     .get_result(&mut conn)
     .await?;
@@ -359,7 +380,7 @@ pub(crate) async fn enqueue(
     codec::refuse_long_instance(instance)?;
     let doc = codec::storable_item(item)?;
     let kind = codec::kind_of(&doc)?;
-    let delay_ms = delay.map(codec::millis).unwrap_or(0);
+    let delay_ms = super::delay_ms(delay)?;
     let mut conn = p.db.lease(Budget::Call).await?;
     let _id: i64 = select(dx_enqueue_orchestrator(instance, kind, doc, delay_ms))
         .get_result(&mut conn)

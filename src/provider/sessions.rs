@@ -6,9 +6,9 @@ use diesel::dsl::{exists, not, now, select};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
-use super::codec;
 use crate::PostgresProvider;
 use crate::error::Result;
+use crate::numeric;
 use crate::pool::Budget;
 use crate::procedures::dx_renew_sessions;
 use crate::schema::{sessions, worker_queue};
@@ -27,12 +27,12 @@ pub(crate) async fn renew(
     let mut conn = p.db.lease(Budget::Call).await?;
     let renewed: i64 = select(dx_renew_sessions(
         owners,
-        codec::millis(extend_for),
-        codec::millis(idle_timeout),
+        numeric::duration_ms(extend_for, "session lock extension")?,
+        numeric::duration_ms(idle_timeout, "session idle timeout")?,
     ))
     .get_result(&mut conn)
     .await?;
-    Ok(usize::try_from(renewed).unwrap_or(0))
+    numeric::to_count(renewed, "count of renewed sessions")
 }
 
 /// Deletes expired sessions that no queued activity refers to.

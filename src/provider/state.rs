@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::codec;
 use crate::PostgresProvider;
 use crate::error::Result;
+use crate::numeric;
 use crate::pool::{self, Budget};
 use crate::schema::{history, instances, kv_delta, kv_store};
 
@@ -20,7 +21,7 @@ pub(crate) async fn custom_status(
     instance: &str,
     last_seen_version: u64,
 ) -> Result<Option<(Option<String>, u64)>> {
-    let last_seen = i64::try_from(last_seen_version).unwrap_or(i64::MAX);
+    let last_seen = numeric::to_bigint(last_seen_version, "custom status version")?;
     let mut conn = p.db.lease(Budget::Call).await?;
     let row: Option<(Option<String>, i64)> = instances::table
         .filter(instances::instance_id.eq(instance))
@@ -29,7 +30,13 @@ pub(crate) async fn custom_status(
         .first(&mut conn)
         .await
         .optional()?;
-    Ok(row.map(|(status, version)| (status, u64::try_from(version).unwrap_or(0))))
+    row.map(|(status, version)| {
+        Ok((
+            status,
+            numeric::from_bigint(version, "custom status version")?,
+        ))
+    })
+    .transpose()
 }
 
 /// One key: the running execution's change if any, else the stored value.

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use super::codec::{self, ClaimedWork, Fetched};
 use crate::PostgresProvider;
 use crate::error::{Error, Result};
+use crate::numeric;
 use crate::pool::Budget;
 use crate::procedures::*;
 
@@ -52,11 +53,14 @@ pub(crate) async fn fetch_once(
         return Ok(Attempt::Idle(None));
     };
     let owner = session.map(|s| s.owner_id.clone());
-    let session_lock_ms = session.map(|s| codec::millis(s.lock_timeout)).unwrap_or(0);
+    let session_lock_ms = match session {
+        Some(s) => numeric::duration_ms(s.lock_timeout, "session lock timeout")?,
+        None => 0,
+    };
     let mut conn = p.db.lease(Budget::Call).await?;
     let doc: Value = select(dx_fetch_work(
         token,
-        codec::millis(lock_timeout),
+        numeric::duration_ms(lock_timeout, "lock timeout")?,
         owner,
         session_lock_ms,
         tag_mode,
@@ -133,8 +137,10 @@ async fn stand_in(p: &PostgresProvider, c: ClaimedWork, error: String) -> Result
         // The lock expired meanwhile and the row moved on: nothing to hand out.
         return Ok(Attempt::Idle(Some(0)));
     };
-    let execution_id = execution_id.and_then(|v| u64::try_from(v).ok());
-    let activity_id = activity_id.and_then(|v| u64::try_from(v).ok());
+    // This path disposes of corrupt rows: a negative id names no activity
+    // either, so it is handled like a missing one.
+    let execution_id = execution_id.and_then(|v| numeric::from_bigint(v, "execution_id").ok());
+    let activity_id = activity_id.and_then(|v| numeric::from_bigint(v, "activity_id").ok());
     let (Some(instance), Some(execution_id), Some(id)) = (instance, execution_id, activity_id)
     else {
         tracing::error!(
@@ -251,8 +257,9 @@ fn storable_completion(item: &WorkItem) -> Result<Value> {
 
 /// One round trip: extend a live activity lock.
 pub(crate) async fn renew(p: &PostgresProvider, token: &str, extend_for: Duration) -> Result<()> {
+    let extend_ms = numeric::duration_ms(extend_for, "lock extension")?;
     let mut conn = p.db.lease(Budget::Call).await?;
-    let renewed: bool = select(dx_renew_work_lock(token, codec::millis(extend_for)))
+    let renewed: bool = select(dx_renew_work_lock(token, extend_ms))
         .get_result(&mut conn)
         .await?;
     if renewed {
@@ -269,7 +276,7 @@ pub(crate) async fn abandon(
     delay: Option<Duration>,
     ignore_attempt: bool,
 ) -> Result<()> {
-    let delay_ms = delay.map(codec::millis).unwrap_or(0);
+    let delay_ms = super::delay_ms(delay)?;
     let mut conn = p.db.lease(Budget::Call).await?;
     let found: bool = select(dx_abandon_work(token, delay_ms, ignore_attempt))
         .get_result(&mut conn)

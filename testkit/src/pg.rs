@@ -14,10 +14,10 @@ const DEFAULT_PORT: u16 = 55433;
 
 /// A URL of a server to test against, starting the throwaway cluster if needed.
 pub fn database_url() -> String {
-    if let Ok(url) = std::env::var("DATABASE_URL") {
-        if !url.is_empty() {
-            return url;
-        }
+    if let Ok(url) = std::env::var("DATABASE_URL")
+        && !url.is_empty()
+    {
+        return url;
     }
     let port: u16 = std::env::var("DUROXIDE_TEST_PG_PORT")
         .ok()
