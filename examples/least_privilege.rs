@@ -76,7 +76,7 @@ async fn run() -> Result<(), BoxError> {
         db::execute(&owner_url, &grant_statements(&schema, &role)?).await?;
         println!("granted least privilege on {schema} to {role}");
         // 3. The service, as the application role.
-        serve(&login_as(&owner_url, &role, &password), &schema).await
+        serve(&pg::url_as_user(&owner_url, &role, &password), &schema).await
     }
     .await;
 
@@ -136,11 +136,4 @@ async fn serve(app_url: &str, schema: &str) -> Result<(), BoxError> {
         }
         other => Err(format!("{instance} did not complete as expected: {other:?}").into()),
     }
-}
-
-/// `url` with its user and password replaced.
-fn login_as(url: &str, user: &str, password: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
-    let host = rest.split_once('@').map_or(rest, |(_, host)| host);
-    format!("{scheme}://{user}:{password}@{host}")
 }

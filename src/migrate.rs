@@ -254,27 +254,23 @@ pub fn grant_statements(schema: &str, role: &str) -> Result<String> {
     }
     let role = format!("\"{}\"", role.replace('"', "\"\""));
     let s = format!("\"{schema}\"");
-    let grants = [
-        format!("USAGE ON SCHEMA {s} TO {role}"),
-        format!("SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {s} TO {role}"),
-        format!("USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {s} TO {role}"),
-        format!("EXECUTE ON ALL FUNCTIONS IN SCHEMA {s} TO {role}"),
+    let objects = [
+        ("SELECT, INSERT, UPDATE, DELETE", "TABLES"),
+        ("USAGE, SELECT", "SEQUENCES"),
+        ("EXECUTE", "FUNCTIONS"),
     ];
-    let mut sql = String::new();
-    for grant in &grants {
-        sql.push_str(&format!("GRANT {grant};\n"));
+    let mut sql = format!("GRANT USAGE ON SCHEMA {s} TO {role};\n");
+    for (privileges, kind) in objects {
+        sql.push_str(&format!(
+            "GRANT {privileges} ON ALL {kind} IN SCHEMA {s} TO {role};\n"
+        ));
     }
     sql.push_str(&format!(
         "REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {s}.__diesel_schema_migrations FROM {role};\n"
     ));
-    for grant in &grants[1..] {
-        let on = grant
-            .replace(&format!(" IN SCHEMA {s}"), "")
-            .replace("ALL TABLES", "TABLES")
-            .replace("ALL SEQUENCES", "SEQUENCES")
-            .replace("ALL FUNCTIONS", "FUNCTIONS");
+    for (privileges, kind) in objects {
         sql.push_str(&format!(
-            "ALTER DEFAULT PRIVILEGES IN SCHEMA {s} GRANT {on};\n"
+            "ALTER DEFAULT PRIVILEGES IN SCHEMA {s} GRANT {privileges} ON {kind} TO {role};\n"
         ));
     }
     Ok(sql)

@@ -35,13 +35,6 @@ fn with_params(url: &str, params: &str) -> String {
     format!("{url}{sep}{params}")
 }
 
-/// `url` logging in as `user` with `password`.
-fn as_user(url: &str, user: &str, password: &str) -> String {
-    let (scheme, rest) = url.split_once("://").expect("URL with a scheme");
-    let host_part = rest.split_once('@').map_or(rest, |(_, host)| host);
-    format!("{scheme}://{user}:{password}@{host_part}")
-}
-
 /// `url` pointing at database `db` instead of its own.
 fn with_database(url: &str, db: &str) -> String {
     let (base, query) = url
@@ -235,7 +228,7 @@ async fn a_least_privilege_role_runs_workflows_on_a_migrated_schema() {
     ] {
         assert!(!flag(&url, &sql).await, "the app role must not have {what}");
     }
-    let app_url = as_user(&url, &role, "app-secret");
+    let app_url = common::pg::url_as_user(&url, &role, "app-secret");
 
     // Apply sends no DDL on an up-to-date schema, so it starts too.
     drop(

@@ -27,6 +27,13 @@ pub fn database_url() -> String {
     format!("postgres://postgres@127.0.0.1:{port}/postgres")
 }
 
+/// `url` (a `postgres://` URL) logging in as `user` with `password`.
+pub fn url_as_user(url: &str, user: &str, password: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
+    let host = rest.split_once('@').map_or(rest, |(_, host)| host);
+    format!("{scheme}://{user}:{password}@{host}")
+}
+
 /// The server log of the throwaway cluster when [`database_url`] uses it
 /// (`DATABASE_URL` unset); `None` when `DATABASE_URL` names another server.
 pub fn local_cluster_log() -> Option<PathBuf> {
