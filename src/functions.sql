@@ -62,15 +62,26 @@ CREATE OR REPLACE FUNCTION duroxide.dx_ack_orchestration(p_token text, p_executi
  SET search_path TO 'duroxide'
 AS $function$
 DECLARE
-    v_instance TEXT;
-    v_op       JSONB;
-    v_now_ms   BIGINT := (extract(epoch FROM pg_catalog.clock_timestamp())::NUMERIC * 1000::NUMERIC)::BIGINT;
-    v_claim    TEXT := CASE WHEN p_claim IS NULL THEN NULL
-                             ELSE COALESCE(p_claim->>'token'::TEXT, pg_catalog.gen_random_uuid()::TEXT) END;
+    v_instance    TEXT;
+    v_now_ms      BIGINT := (extract(epoch FROM pg_catalog.clock_timestamp())::NUMERIC * 1000::NUMERIC)::BIGINT;
+    v_status      TEXT;
+    v_output      TEXT;
+    v_name        TEXT;
+    v_version     TEXT;
+    v_parent      TEXT;
+    v_major       INT;
+    v_minor       INT;
+    v_patch       INT;
+    v_custom      TEXT;
+    v_claim       TEXT;
+    v_claim_index BIGINT;
+    v_claim_ms    BIGINT;
+    v_op          RECORD;
+    v_cancel      RECORD;
 BEGIN
     SELECT instance_id INTO v_instance FROM instance_locks WHERE lock_token = p_token;
     IF NOT FOUND THEN
-        RETURN pg_catalog.jsonb_build_object('status'::TEXT, 'lock_lost'::TEXT);
+        RETURN pg_catalog.jsonb_build_object('result'::TEXT, 'lock_lost'::TEXT);
     END IF;
     PERFORM pg_catalog.pg_advisory_xact_lock(dx_instance_key(v_instance));
     -- Re-check under the lock: the token may have expired or been taken over.
@@ -78,18 +89,31 @@ BEGIN
     WHERE lock_token = p_token AND locked_until > pg_catalog.now()
     FOR UPDATE;
     IF NOT FOUND THEN
-        RETURN pg_catalog.jsonb_build_object('status'::TEXT, 'lock_lost'::TEXT);
+        RETURN pg_catalog.jsonb_build_object('result'::TEXT, 'lock_lost'::TEXT);
+    END IF;
+
+    SELECT m.status, m.output, m.orchestration_name, m.orchestration_version, m.parent_instance_id,
+           m.pinned_major, m.pinned_minor, m.pinned_patch
+    INTO v_status, v_output, v_name, v_version, v_parent, v_major, v_minor, v_patch
+    FROM pg_catalog.jsonb_to_record(p_metadata)
+         AS m(status TEXT, output TEXT, orchestration_name TEXT, orchestration_version TEXT,
+              parent_instance_id TEXT, pinned_major INT, pinned_minor INT, pinned_patch INT);
+    IF p_custom_status IS NOT NULL THEN
+        SELECT c.value INTO v_custom
+        FROM pg_catalog.jsonb_to_record(p_custom_status) AS c(value TEXT);
+    END IF;
+    IF p_claim IS NOT NULL THEN
+        SELECT c.index, c.lock_ms, coalesce(c.token, pg_catalog.gen_random_uuid()::TEXT)
+        INTO v_claim_index, v_claim_ms, v_claim
+        FROM pg_catalog.jsonb_to_record(p_claim) AS c(index BIGINT, lock_ms BIGINT, token TEXT);
     END IF;
 
     DELETE FROM orchestrator_queue WHERE lock_token = p_token;
 
-    IF p_metadata->>'orchestration_name'::TEXT IS NOT NULL
-       AND p_metadata->>'orchestration_version'::TEXT IS NOT NULL THEN
+    IF v_name IS NOT NULL AND v_version IS NOT NULL THEN
         INSERT INTO instances AS i (instance_id, orchestration_name, orchestration_version,
                                     current_execution_id, parent_instance_id)
-        VALUES (v_instance, p_metadata->>'orchestration_name'::TEXT,
-                p_metadata->>'orchestration_version'::TEXT,
-                p_execution_id, p_metadata->>'parent_instance_id'::TEXT)
+        VALUES (v_instance, v_name, v_version, p_execution_id, v_parent)
         ON CONFLICT (instance_id) DO UPDATE
             SET orchestration_name = EXCLUDED.orchestration_name,
                 orchestration_version = EXCLUDED.orchestration_version;
@@ -99,58 +123,56 @@ BEGIN
     VALUES (v_instance, p_execution_id)
     ON CONFLICT DO NOTHING;
 
-    IF pg_catalog.jsonb_typeof(p_metadata->'pinned_version'::TEXT) = 'array'::TEXT THEN
+    IF v_major IS NOT NULL THEN
         UPDATE executions
-        SET pinned_major = (p_metadata->'pinned_version'::TEXT->>0)::INT,
-            pinned_minor = (p_metadata->'pinned_version'::TEXT->>1)::INT,
-            pinned_patch = (p_metadata->'pinned_version'::TEXT->>2)::INT
+        SET pinned_major = v_major, pinned_minor = v_minor, pinned_patch = v_patch
         WHERE instance_id = v_instance AND execution_id = p_execution_id;
     END IF;
 
     UPDATE instances
     SET current_execution_id = greatest(current_execution_id, p_execution_id),
         updated_at = pg_catalog.now(),
-        custom_status = CASE WHEN p_custom_status IS NULL THEN custom_status
-                             ELSE p_custom_status->>'value'::TEXT END,
+        custom_status = CASE WHEN p_custom_status IS NULL THEN custom_status ELSE v_custom END,
         custom_status_version = CASE WHEN p_custom_status IS NULL THEN custom_status_version
                                      ELSE custom_status_version + 1::BIGINT END
     WHERE instance_id = v_instance;
 
     INSERT INTO history (instance_id, execution_id, event_id, event_type, event_data)
-    SELECT v_instance, p_execution_id, (h->>'event_id'::TEXT)::BIGINT, h->>'type'::TEXT, h
-    FROM pg_catalog.jsonb_array_elements(p_history) h;
+    SELECT v_instance, p_execution_id, h.event_id, h.event_type, h.event
+    FROM pg_catalog.jsonb_to_recordset(p_history) AS h(event_id BIGINT, event_type TEXT, event JSONB);
 
-    IF p_metadata->>'status'::TEXT IS NOT NULL THEN
+    IF v_status IS NOT NULL THEN
         UPDATE executions
-        SET status = p_metadata->>'status'::TEXT, output = p_metadata->>'output'::TEXT,
-            completed_at = pg_catalog.now()
+        SET status = v_status, output = v_output, completed_at = pg_catalog.now()
         WHERE instance_id = v_instance AND execution_id = p_execution_id;
     END IF;
 
-    FOR v_op IN SELECT * FROM pg_catalog.jsonb_array_elements(p_kv_ops) LOOP
-        IF v_op->>'op'::TEXT = 'set'::TEXT THEN
+    FOR v_op IN SELECT k.op, k.key, k.value, k.ts
+                FROM pg_catalog.jsonb_to_recordset(p_kv_ops) AS k(op TEXT, key TEXT, value TEXT, ts BIGINT)
+    LOOP
+        IF v_op.op = 'set'::TEXT THEN
             INSERT INTO kv_delta (instance_id, key, value, last_updated_at_ms)
-            VALUES (v_instance, v_op->>'key'::TEXT, v_op->>'value'::TEXT, (v_op->>'ts'::TEXT)::BIGINT)
+            VALUES (v_instance, v_op.key, v_op.value, v_op.ts)
             ON CONFLICT (instance_id, key) DO UPDATE
                 SET value = EXCLUDED.value, last_updated_at_ms = EXCLUDED.last_updated_at_ms;
-        ELSIF v_op->>'op'::TEXT = 'clear'::TEXT THEN
+        ELSIF v_op.op = 'clear'::TEXT THEN
             INSERT INTO kv_delta (instance_id, key, value, last_updated_at_ms)
-            VALUES (v_instance, v_op->>'key'::TEXT, NULL, v_now_ms)
+            VALUES (v_instance, v_op.key, NULL, v_now_ms)
             ON CONFLICT (instance_id, key) DO UPDATE
                 SET value = NULL, last_updated_at_ms = EXCLUDED.last_updated_at_ms;
-        ELSIF v_op->>'op'::TEXT = 'clear_all'::TEXT THEN
+        ELSIF v_op.op = 'clear_all'::TEXT THEN
             UPDATE kv_delta SET value = NULL, last_updated_at_ms = v_now_ms
             WHERE instance_id = v_instance;
             INSERT INTO kv_delta (instance_id, key, value, last_updated_at_ms)
             SELECT instance_id, key, NULL, v_now_ms FROM kv_store WHERE instance_id = v_instance
             ON CONFLICT (instance_id, key) DO NOTHING;
         ELSE
-            RAISE EXCEPTION 'unknown kv operation %', v_op->>'op'::TEXT USING ERRCODE = '22023';
+            RAISE EXCEPTION 'unknown kv operation %', v_op.op USING ERRCODE = '22023';
         END IF;
     END LOOP;
 
     -- A finished execution folds its key-value mutations into the store.
-    IF p_metadata->>'status'::TEXT IN ('Completed', 'Failed', 'ContinuedAsNew') THEN
+    IF v_status IN ('Completed', 'Failed', 'ContinuedAsNew') THEN
         INSERT INTO kv_store (instance_id, key, value, last_updated_at_ms)
         SELECT instance_id, key, value, last_updated_at_ms
         FROM kv_delta WHERE instance_id = v_instance AND value IS NOT NULL
@@ -162,27 +184,33 @@ BEGIN
         DELETE FROM kv_delta WHERE instance_id = v_instance;
     END IF;
 
+    -- The claimed item is the one at the claim's (zero-based) index.
     INSERT INTO worker_queue (work_item, instance_id, execution_id, activity_id, session_id, tag,
                               lock_token, locked_until, attempt_count)
-    SELECT w->'item'::TEXT, w->>'instance'::TEXT, (w->>'execution_id'::TEXT)::BIGINT,
-           (w->>'activity_id'::TEXT)::BIGINT, w->>'session_id'::TEXT, w->>'tag'::TEXT,
-           CASE WHEN claimed THEN v_claim END,
-           CASE WHEN claimed THEN pg_catalog.now()
-               + ((p_claim->>'lock_ms'::TEXT)::BIGINT)::FLOAT8 * INTERVAL '1 millisecond' END,
-           CASE WHEN claimed THEN 1 ELSE 0 END
-    FROM pg_catalog.jsonb_array_elements(p_worker_items) WITH ORDINALITY AS t(w, n),
-         LATERAL (SELECT n - 1::BIGINT = (p_claim->>'index'::TEXT)::BIGINT IS TRUE AS claimed) c;
+    SELECT w.item, w.instance, w.execution_id, w.activity_id, w.session_id, w.tag,
+           CASE WHEN c.claimed THEN v_claim END,
+           CASE WHEN c.claimed THEN pg_catalog.now()
+               + v_claim_ms::FLOAT8 * INTERVAL '1 millisecond' END,
+           CASE WHEN c.claimed THEN 1 ELSE 0 END
+    FROM ROWS FROM (pg_catalog.jsonb_to_recordset(p_worker_items)
+                    AS (item JSONB, instance TEXT, execution_id BIGINT, activity_id BIGINT,
+                        session_id TEXT, tag TEXT))
+         WITH ORDINALITY AS w(item, instance, execution_id, activity_id, session_id, tag, n),
+         LATERAL (SELECT (w.n - 1::BIGINT = v_claim_index) IS TRUE AS claimed) c;
 
     -- Cancelled activities lose their queue row; a worker running one sees its
     -- next lock renewal fail. Runs after the insert above, so an activity both
     -- scheduled and cancelled in one turn never reaches a worker.
     -- One indexed delete per activity: a join against the JSON array would
     -- be planned for ~100 rows and scan the whole worker queue.
-    FOR v_op IN SELECT * FROM pg_catalog.jsonb_array_elements(p_cancelled) LOOP
+    FOR v_cancel IN SELECT a.instance, a.execution_id, a.activity_id
+                    FROM pg_catalog.jsonb_to_recordset(p_cancelled)
+                         AS a(instance TEXT, execution_id BIGINT, activity_id BIGINT)
+    LOOP
         DELETE FROM worker_queue
-        WHERE instance_id = v_op->>'instance'::TEXT
-          AND execution_id = (v_op->>'execution_id'::TEXT)::BIGINT
-          AND activity_id = (v_op->>'activity_id'::TEXT)::BIGINT;
+        WHERE instance_id = v_cancel.instance
+          AND execution_id = v_cancel.execution_id
+          AND activity_id = v_cancel.activity_id;
     END LOOP;
 
     IF v_claim IS NOT NULL AND NOT EXISTS (SELECT 1 FROM worker_queue WHERE lock_token = v_claim) THEN
@@ -190,10 +218,10 @@ BEGIN
     END IF;
 
     INSERT INTO orchestrator_queue (instance_id, kind, work_item, visible_at)
-    SELECT o->>'instance'::TEXT, o->>'kind'::TEXT, o->'item'::TEXT,
-           coalesce(pg_catalog.to_timestamp((o->>'visible_at_ms'::TEXT)::FLOAT8 / 1000::FLOAT8),
-                    pg_catalog.now())
-    FROM pg_catalog.jsonb_array_elements(p_orchestrator_items) o;
+    SELECT o.instance, o.kind, o.item,
+           coalesce(pg_catalog.to_timestamp(o.visible_at_ms::FLOAT8 / 1000::FLOAT8), pg_catalog.now())
+    FROM pg_catalog.jsonb_to_recordset(p_orchestrator_items)
+         AS o(instance TEXT, kind TEXT, item JSONB, visible_at_ms BIGINT);
 
     DELETE FROM instance_locks WHERE lock_token = p_token;
 
@@ -207,7 +235,7 @@ BEGIN
                   WHERE instance_id = v_instance AND visible_at <= pg_catalog.now()) THEN
         PERFORM pg_catalog.pg_notify(dx_notify_channel(), 'o'::TEXT);
     END IF;
-    RETURN pg_catalog.jsonb_build_object('status'::TEXT, 'ok'::TEXT, 'claimed'::TEXT, v_claim);
+    RETURN pg_catalog.jsonb_build_object('result'::TEXT, 'committed'::TEXT, 'claimed'::TEXT, v_claim);
 END
 $function$;
 
@@ -248,11 +276,11 @@ DECLARE
 BEGIN
     SELECT parent_instance_id INTO v_parent FROM instances WHERE instance_id = p_instance;
     IF NOT FOUND THEN
-        RETURN pg_catalog.jsonb_build_object('error'::TEXT,
+        RETURN pg_catalog.jsonb_build_object('result'::TEXT, 'refused'::TEXT, 'error'::TEXT,
             pg_catalog.format('instance %s not found', p_instance));
     END IF;
     IF v_parent IS NOT NULL THEN
-        RETURN pg_catalog.jsonb_build_object('error'::TEXT, pg_catalog.format(
+        RETURN pg_catalog.jsonb_build_object('result'::TEXT, 'refused'::TEXT, 'error'::TEXT, pg_catalog.format(
             'instance %s is a sub-orchestration of %s; delete the root instance instead',
             p_instance, v_parent));
     END IF;
@@ -294,7 +322,7 @@ BEGIN
         WHERE i.instance_id = ANY (p_ids) AND e.status = 'Running'
         LIMIT 1;
         IF FOUND THEN
-            RETURN pg_catalog.jsonb_build_object('error'::TEXT, pg_catalog.format(
+            RETURN pg_catalog.jsonb_build_object('result'::TEXT, 'refused'::TEXT, 'error'::TEXT, pg_catalog.format(
                 'instance %s is still running; cancel it first or delete with force', v_id));
         END IF;
     END IF;
@@ -304,7 +332,7 @@ BEGIN
     WHERE parent_instance_id = ANY (p_ids) AND NOT (instance_id = ANY (p_ids))
     LIMIT 1;
     IF FOUND THEN
-        RETURN pg_catalog.jsonb_build_object('error'::TEXT, pg_catalog.format(
+        RETURN pg_catalog.jsonb_build_object('result'::TEXT, 'refused'::TEXT, 'error'::TEXT, pg_catalog.format(
             'instance %s has child %s that is not in the delete set; re-read the instance tree and retry',
             v_id, v_child));
     END IF;
@@ -330,6 +358,7 @@ BEGIN
     DELETE FROM instance_locks WHERE instance_id = ANY (p_ids);
 
     RETURN pg_catalog.jsonb_build_object(
+        'result'::TEXT, 'done'::TEXT,
         'instances_deleted'::TEXT, v_instances,
         'executions_deleted'::TEXT, v_executions,
         'events_deleted'::TEXT, v_events,
@@ -347,7 +376,7 @@ DECLARE
     v_roots      REFCURSOR;
     v_root       TEXT;
     v_done       INT := 0;
-    v_result     JSONB;
+    v_deleted    RECORD;
     v_instances  BIGINT := 0::BIGINT;
     v_executions BIGINT := 0::BIGINT;
     v_events     BIGINT := 0::BIGINT;
@@ -381,17 +410,24 @@ BEGIN
     WHILE v_done < p_max_roots LOOP
         FETCH v_roots INTO v_root;
         EXIT WHEN NOT FOUND;
-        v_result := dx_delete_instances(dx_instance_tree(v_root), FALSE);
-        CONTINUE WHEN v_result ? 'error'::TEXT;
+        SELECT r.result, r.instances_deleted, r.executions_deleted, r.events_deleted,
+               r.queue_messages_deleted
+        INTO v_deleted
+        FROM pg_catalog.jsonb_to_record(dx_delete_instances(dx_instance_tree(v_root), FALSE))
+             AS r(result TEXT, instances_deleted BIGINT, executions_deleted BIGINT,
+                  events_deleted BIGINT, queue_messages_deleted BIGINT);
+        -- A refused root (a child not in its tree, say) is skipped.
+        CONTINUE WHEN v_deleted.result <> 'done'::TEXT;
         v_done := v_done + 1;
-        v_instances := v_instances + (v_result->>'instances_deleted'::TEXT)::BIGINT;
-        v_executions := v_executions + (v_result->>'executions_deleted'::TEXT)::BIGINT;
-        v_events := v_events + (v_result->>'events_deleted'::TEXT)::BIGINT;
-        v_messages := v_messages + (v_result->>'queue_messages_deleted'::TEXT)::BIGINT;
+        v_instances := v_instances + v_deleted.instances_deleted;
+        v_executions := v_executions + v_deleted.executions_deleted;
+        v_events := v_events + v_deleted.events_deleted;
+        v_messages := v_messages + v_deleted.queue_messages_deleted;
     END LOOP;
     CLOSE v_roots;
 
     RETURN pg_catalog.jsonb_build_object(
+        'result'::TEXT, 'done'::TEXT,
         'instances_deleted'::TEXT, v_instances,
         'executions_deleted'::TEXT, v_executions,
         'events_deleted'::TEXT, v_events,
@@ -478,9 +514,9 @@ BEGIN
 
         IF v_instance IS NULL THEN
             IF v_busy THEN
-                RETURN pg_catalog.jsonb_build_object('retry_ms'::TEXT, 0::BIGINT);
+                RETURN pg_catalog.jsonb_build_object('result'::TEXT, 'idle'::TEXT, 'retry_ms'::TEXT, 0::BIGINT);
             END IF;
-            RETURN pg_catalog.jsonb_build_object('retry_ms'::TEXT, dx_ms_until(least(
+            RETURN pg_catalog.jsonb_build_object('result'::TEXT, 'idle'::TEXT, 'retry_ms'::TEXT, dx_ms_until(least(
                 (SELECT pg_catalog.min(visible_at) FROM orchestrator_queue
                  WHERE visible_at > pg_catalog.now()),
                 (SELECT pg_catalog.min(l.locked_until) FROM instance_locks l
@@ -513,19 +549,13 @@ BEGIN
 
         IF NOT v_exists THEN
             -- Turns acknowledged without instance metadata leave executions and
-            -- history only; the instance is known through them.
+            -- history only; the instance is known through them. Its name and
+            -- version are then left null: the caller reads them from the
+            -- history's typed start event rather than this function from
+            -- duroxide's serialized layout.
             SELECT pg_catalog.max(execution_id) INTO v_exec
             FROM executions WHERE instance_id = v_instance;
-            IF v_exec IS NOT NULL THEN
-                v_exists := TRUE;
-                SELECT h.event_data->>'name'::TEXT, h.event_data->>'version'::TEXT
-                INTO v_name, v_version
-                FROM history h
-                WHERE h.instance_id = v_instance AND h.execution_id = v_exec
-                  AND h.event_type = 'OrchestrationStarted'
-                ORDER BY h.event_id
-                LIMIT 1;
-            END IF;
+            v_exists := v_exec IS NOT NULL;
         END IF;
 
         IF NOT v_exists AND NOT EXISTS (
@@ -574,6 +604,7 @@ BEGIN
             END IF;
 
             RETURN pg_catalog.jsonb_build_object(
+                'result'::TEXT, 'claimed'::TEXT,
                 'lock_token'::TEXT, v_token,
                 'instance'::TEXT, v_instance,
                 'exists'::TEXT, v_exists,
@@ -586,6 +617,7 @@ BEGIN
                 'kv'::TEXT, v_kv);
         EXCEPTION WHEN program_limit_exceeded OR query_canceled THEN
             RETURN pg_catalog.jsonb_build_object(
+                'result'::TEXT, 'claimed'::TEXT,
                 'lock_token'::TEXT, v_token,
                 'instance'::TEXT, v_instance,
                 'exists'::TEXT, v_exists,
@@ -637,7 +669,7 @@ BEGIN
     FOR UPDATE OF q SKIP LOCKED;
 
     IF v_id IS NULL THEN
-        RETURN pg_catalog.jsonb_build_object('retry_ms'::TEXT, dx_ms_until(least(
+        RETURN pg_catalog.jsonb_build_object('result'::TEXT, 'idle'::TEXT, 'retry_ms'::TEXT, dx_ms_until(least(
             (SELECT pg_catalog.min(visible_at) FROM worker_queue WHERE visible_at > pg_catalog.now()),
             (SELECT pg_catalog.min(locked_until) FROM worker_queue
              WHERE lock_token IS NOT NULL AND locked_until > pg_catalog.now()),
@@ -657,7 +689,7 @@ BEGIN
             WHERE s.locked_until <= pg_catalog.now() OR s.owner_id = EXCLUDED.owner_id;
         IF NOT FOUND THEN
             -- Another worker claimed the session first.
-            RETURN pg_catalog.jsonb_build_object('retry_ms'::TEXT, 0::BIGINT);
+            RETURN pg_catalog.jsonb_build_object('result'::TEXT, 'idle'::TEXT, 'retry_ms'::TEXT, 0::BIGINT);
         END IF;
     END IF;
 
@@ -669,7 +701,7 @@ BEGIN
     WHERE id = v_id
     RETURNING work_item, attempt_count INTO v_item, v_attempts;
 
-    RETURN pg_catalog.jsonb_build_object('item'::TEXT, v_item, 'lock_token'::TEXT, v_token,
+    RETURN pg_catalog.jsonb_build_object('result'::TEXT, 'claimed'::TEXT, 'item'::TEXT, v_item, 'lock_token'::TEXT, v_token,
                                          'attempt_count'::TEXT, v_attempts);
 END
 $function$;
@@ -733,12 +765,13 @@ DECLARE
 BEGIN
     SELECT current_execution_id INTO v_current FROM instances WHERE instance_id = p_instance;
     IF NOT FOUND THEN
-        RETURN pg_catalog.jsonb_build_object('error'::TEXT,
+        RETURN pg_catalog.jsonb_build_object('result'::TEXT, 'refused'::TEXT, 'error'::TEXT,
             pg_catalog.format('instance %s not found', p_instance));
     END IF;
     SELECT * INTO v_pruned
     FROM dx_prune_instance(p_instance, v_current, p_keep_last, p_completed_before_ms);
     RETURN pg_catalog.jsonb_build_object(
+        'result'::TEXT, 'done'::TEXT,
         'instances_processed'::TEXT, 1,
         'executions_deleted'::TEXT, v_pruned.executions_deleted,
         'events_deleted'::TEXT, v_pruned.events_deleted);
@@ -793,6 +826,7 @@ BEGIN
     CLOSE v_instances;
 
     RETURN pg_catalog.jsonb_build_object(
+        'result'::TEXT, 'done'::TEXT,
         'instances_processed'::TEXT, v_processed,
         'executions_deleted'::TEXT, v_executions,
         'events_deleted'::TEXT, v_events);

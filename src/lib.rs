@@ -38,10 +38,10 @@ mod migrate;
 mod numeric;
 mod options;
 mod pool;
-mod procedures;
 mod provider;
 #[allow(missing_docs, unused_imports)]
 mod schema;
+mod sql;
 mod tls;
 
 use std::time::Duration;

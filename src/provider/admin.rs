@@ -2,8 +2,9 @@
 //!
 //! Reads are diesel queries over [`crate::schema`]. Deletion and pruning
 //! change several tables at once, so each call is one stored procedure from
-//! `migrations/*_admin_procedures` (see [`crate::procedures`]): one statement,
-//! hence one transaction, so a refused or failed call changes nothing.
+//! `migrations/*_admin_procedures` (see [`crate::sql::procedures`]): one
+//! statement, hence one transaction, so a refused or failed call changes
+//! nothing.
 
 use diesel::dsl::{self, max, select};
 use diesel::pg::data_types::PgTimestamp;
@@ -14,7 +15,6 @@ use duroxide::providers::{
     DeleteInstanceResult, ExecutionInfo, InstanceFilter, InstanceInfo, InstanceTree, ProviderAdmin,
     ProviderError, PruneOptions, PruneResult, QueueDepths, SystemMetrics,
 };
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -23,34 +23,20 @@ use crate::PostgresProvider;
 use crate::error::{Error, Result};
 use crate::numeric;
 use crate::pool::{Budget, bounded};
-use crate::procedures::*;
 use crate::schema::{executions, history, instances, orchestrator_queue, worker_queue};
+use crate::sql::documents::{AdminOutcome, DeleteCounts, PruneCounts};
+use crate::sql::procedures::*;
 
 /// Instances a bulk call considers when the filter sets no limit, as
 /// [`InstanceFilter::limit`] documents.
 const DEFAULT_BULK_LIMIT: u32 = 1000;
 
 /// A procedure result: its counts, or the contract's refusal.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Outcome<T> {
-    Refused { error: String },
-    Done(T),
-}
-
 fn decode<T: DeserializeOwned>(doc: Value) -> Result<T> {
-    match codec::from_json::<Outcome<T>>(doc, "procedure result")? {
-        Outcome::Refused { error } => Err(Error::Refused(error)),
-        Outcome::Done(value) => Ok(value),
+    match codec::from_json::<AdminOutcome<T>>(doc, "procedure result")? {
+        AdminOutcome::Refused { error } => Err(Error::Refused(error)),
+        AdminOutcome::Done(value) => Ok(value),
     }
-}
-
-#[derive(Deserialize)]
-struct DeleteCounts {
-    instances_deleted: u64,
-    executions_deleted: u64,
-    events_deleted: u64,
-    queue_messages_deleted: u64,
 }
 
 impl From<DeleteCounts> for DeleteInstanceResult {
@@ -62,13 +48,6 @@ impl From<DeleteCounts> for DeleteInstanceResult {
             queue_messages_deleted: c.queue_messages_deleted,
         }
     }
-}
-
-#[derive(Deserialize)]
-struct PruneCounts {
-    instances_processed: u64,
-    executions_deleted: u64,
-    events_deleted: u64,
 }
 
 impl From<PruneCounts> for PruneResult {

@@ -1,16 +1,17 @@
-//! Conversions between duroxide's types and the JSONB documents exchanged
-//! with the stored procedures.
+//! Conversions between duroxide's types and the documents of
+//! [`crate::sql::documents`], with the checks that refuse what PostgreSQL
+//! cannot store before anything is sent.
 
 use std::collections::HashMap;
 
 use duroxide::providers::{KvEntry, WorkItem};
 use duroxide::{Event, EventKind};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::numeric;
+use crate::sql::documents::{CustomStatus, HistoryEntry, KvOp, OrchestratorEntry, WorkerEntry};
 
 /// Serializes a value into a JSONB document.
 pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> Result<Value> {
@@ -57,8 +58,8 @@ pub(crate) fn orchestrator_instance(item: &WorkItem) -> Result<&str> {
     }
 }
 
-/// `{"item", "instance", "kind", "visible_at_ms"}` for `dx_ack_orchestration`.
-pub(crate) fn orchestrator_entry(item: &WorkItem) -> Result<Value> {
+/// A message for `dx_ack_orchestration`'s orchestrator items.
+pub(crate) fn orchestrator_entry(item: &WorkItem) -> Result<OrchestratorEntry<'_>> {
     let instance = orchestrator_instance(item)?;
     refuse_long_instance(instance)?;
     let visible_at_ms = match item {
@@ -68,12 +69,12 @@ pub(crate) fn orchestrator_entry(item: &WorkItem) -> Result<Value> {
         _ => None,
     };
     let doc = storable_item(item)?;
-    Ok(json!({
-        "instance": instance,
-        "kind": kind_of(&doc)?,
-        "item": doc,
-        "visible_at_ms": visible_at_ms,
-    }))
+    Ok(OrchestratorEntry {
+        instance,
+        kind: kind_of(&doc)?,
+        item: doc,
+        visible_at_ms,
+    })
 }
 
 /// A work item as a JSONB document, refused if PostgreSQL cannot store it.
@@ -117,38 +118,79 @@ pub(crate) fn worker_route(item: &WorkItem) -> Result<WorkerRoute<'_>> {
     }
 }
 
-/// `{"item", "instance", "execution_id", "activity_id", "session_id", "tag"}`.
-pub(crate) fn worker_entry(item: &WorkItem) -> Result<Value> {
+/// An activity execution for `dx_ack_orchestration`'s worker items.
+pub(crate) fn worker_entry(item: &WorkItem) -> Result<WorkerEntry<'_>> {
     let route = worker_route(item)?;
-    Ok(json!({
-        "item": storable_item(item)?,
-        "instance": route.instance,
-        "execution_id": route.execution_id,
-        "activity_id": route.activity_id,
-        "session_id": route.session_id,
-        "tag": route.tag,
-    }))
+    Ok(WorkerEntry {
+        item: storable_item(item)?,
+        instance: route.instance,
+        execution_id: route.execution_id,
+        activity_id: route.activity_id,
+        session_id: route.session_id,
+        tag: route.tag,
+    })
 }
 
-/// Checks the events the runtime numbered and serializes them for the history table.
-pub(crate) fn history_delta(events: &[Event]) -> Result<Value> {
-    let mut docs = Vec::with_capacity(events.len());
+/// Checks the events the runtime numbered and makes them history rows.
+pub(crate) fn history_delta(events: &[Event]) -> Result<Vec<HistoryEntry>> {
+    let mut entries = Vec::with_capacity(events.len());
     for event in events {
         if event.event_id() == 0 {
             return Err(Error::Data(
                 "event_id must be assigned by the runtime (got 0)".into(),
             ));
         }
-        numeric::to_bigint(event.event_id(), "event_id")?;
+        let event_id = numeric::to_bigint(event.event_id(), "event_id")?;
+        let event_type = event_type(&event.kind);
         let doc = to_json(event)?;
-        let kind = doc.get("type").and_then(Value::as_str).unwrap_or("unknown");
         refuse_nul(
             &doc,
-            &format!("history event {} ({kind})", event.event_id()),
+            &format!("history event {} ({event_type})", event.event_id()),
         )?;
-        docs.push(doc);
+        entries.push(HistoryEntry {
+            event_id,
+            event_type,
+            event: doc,
+        });
     }
-    Ok(Value::Array(docs))
+    Ok(entries)
+}
+
+/// The name of an event's kind, as stored in `history.event_type`: the tag
+/// duroxide gives the variant when it serializes it.
+pub(crate) fn event_type(kind: &EventKind) -> &'static str {
+    match kind {
+        EventKind::OrchestrationStarted { .. } => "OrchestrationStarted",
+        EventKind::OrchestrationCompleted { .. } => "OrchestrationCompleted",
+        EventKind::OrchestrationFailed { .. } => "OrchestrationFailed",
+        EventKind::ActivityScheduled { .. } => "ActivityScheduled",
+        EventKind::ActivityCompleted { .. } => "ActivityCompleted",
+        EventKind::ActivityFailed { .. } => "ActivityFailed",
+        EventKind::ActivityCancelRequested { .. } => "ActivityCancelRequested",
+        EventKind::TimerCreated { .. } => "TimerCreated",
+        EventKind::TimerFired { .. } => "TimerFired",
+        EventKind::ExternalSubscribed { .. } => "ExternalSubscribed",
+        EventKind::ExternalEvent { .. } => "ExternalEvent",
+        EventKind::OrchestrationChained { .. } => "OrchestrationChained",
+        EventKind::SubOrchestrationScheduled { .. } => "SubOrchestrationScheduled",
+        EventKind::SubOrchestrationCompleted { .. } => "SubOrchestrationCompleted",
+        EventKind::SubOrchestrationFailed { .. } => "SubOrchestrationFailed",
+        EventKind::SubOrchestrationCancelRequested { .. } => "SubOrchestrationCancelRequested",
+        EventKind::OrchestrationContinuedAsNew { .. } => "OrchestrationContinuedAsNew",
+        EventKind::OrchestrationCancelRequested { .. } => "OrchestrationCancelRequested",
+        EventKind::ExternalSubscribedCancelled { .. } => "ExternalSubscribedCancelled",
+        EventKind::QueueSubscribed { .. } => "ExternalSubscribedPersistent",
+        EventKind::QueueEventDelivered { .. } => "ExternalEventPersistent",
+        EventKind::QueueSubscriptionCancelled { .. } => "ExternalSubscribedPersistentCancelled",
+        EventKind::CustomStatusUpdated { .. } => "CustomStatusUpdated",
+        EventKind::KeyValueSet { .. } => "KeyValueSet",
+        EventKind::KeyValueCleared { .. } => "KeyValueCleared",
+        EventKind::KeyValuesCleared => "KeyValuesCleared",
+        // Variants that exist only under duroxide's `replay-version-test`
+        // feature; the column is informational, nothing reads it back.
+        #[allow(unreachable_patterns)]
+        _ => "Unknown",
+    }
 }
 
 /// Whether `s` holds U+0000, which PostgreSQL's `text` and `jsonb` refuse.
@@ -259,56 +301,6 @@ pub(crate) fn decode_history(rows: Vec<Value>) -> Result<Vec<Event>> {
         .collect()
 }
 
-/// Result of `dx_fetch_orchestration` / `dx_fetch_work` when nothing was claimed.
-#[derive(Debug, Deserialize)]
-pub(crate) struct Idle {
-    /// Milliseconds until something may become claimable; None if nothing is scheduled.
-    pub retry_ms: Option<u64>,
-}
-
-/// A locked orchestration turn as returned by `dx_fetch_orchestration`.
-#[derive(Debug, Deserialize)]
-pub(crate) struct ClaimedOrchestration {
-    pub lock_token: String,
-    pub instance: String,
-    pub name: Option<String>,
-    pub version: Option<String>,
-    pub execution_id: u64,
-    pub attempt_count: u32,
-    pub messages: Vec<Value>,
-    pub history: Vec<Value>,
-    pub kv: HashMap<String, (String, u64)>,
-    /// Set when the history could not be loaded at all (too large).
-    #[serde(default)]
-    pub history_error: Option<String>,
-}
-
-/// A locked activity as returned by `dx_fetch_work`.
-#[derive(Debug, Deserialize)]
-pub(crate) struct ClaimedWork {
-    pub lock_token: String,
-    pub attempt_count: u32,
-    pub item: Value,
-}
-
-/// Result of `dx_ack_orchestration`.
-#[derive(Debug, Deserialize)]
-pub(crate) struct AckOutcome {
-    /// `ok`, or `lock_lost` when the token is unknown or expired.
-    pub status: String,
-    /// Lock token of the activity claimed for a waiting local worker.
-    #[serde(default)]
-    pub claimed: Option<String>,
-}
-
-/// Either a claimed value or an idle answer.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub(crate) enum Fetched<T> {
-    Claimed(T),
-    Idle(Idle),
-}
-
 pub(crate) fn kv_snapshot(kv: HashMap<String, (String, u64)>) -> HashMap<String, KvEntry> {
     kv.into_iter()
         .map(|(k, (value, last_updated_at_ms))| {
@@ -323,17 +315,19 @@ pub(crate) fn kv_snapshot(kv: HashMap<String, (String, u64)>) -> HashMap<String,
         .collect()
 }
 
-/// The custom-status change recorded by a turn: None = unchanged,
-/// `{"value": s}` = set (null clears). The last update in the delta wins.
-pub(crate) fn custom_status_change(events: &[Event]) -> Option<Value> {
+/// The custom-status change recorded by a turn: None = unchanged. The last
+/// update in the delta wins.
+pub(crate) fn custom_status_change(events: &[Event]) -> Option<CustomStatus<'_>> {
     events.iter().rev().find_map(|e| match &e.kind {
-        EventKind::CustomStatusUpdated { status } => Some(json!({ "value": status })),
+        EventKind::CustomStatusUpdated { status } => Some(CustomStatus {
+            value: status.as_deref(),
+        }),
         _ => None,
     })
 }
 
 /// Key-value mutations of a turn, in order.
-pub(crate) fn kv_ops(events: &[Event]) -> Result<Value> {
+pub(crate) fn kv_ops(events: &[Event]) -> Result<Vec<KvOp<'_>>> {
     let mut ops = Vec::new();
     for e in events {
         match &e.kind {
@@ -341,14 +335,97 @@ pub(crate) fn kv_ops(events: &[Event]) -> Result<Value> {
                 key,
                 value,
                 last_updated_at_ms,
-            } => {
-                let ts = numeric::to_bigint(*last_updated_at_ms, "KV last_updated_at_ms")?;
-                ops.push(json!({ "op": "set", "key": key, "value": value, "ts": ts }));
-            }
-            EventKind::KeyValueCleared { key } => ops.push(json!({ "op": "clear", "key": key })),
-            EventKind::KeyValuesCleared => ops.push(json!({ "op": "clear_all" })),
+            } => ops.push(KvOp::Set {
+                key,
+                value,
+                ts: numeric::to_bigint(*last_updated_at_ms, "KV last_updated_at_ms")?,
+            }),
+            EventKind::KeyValueCleared { key } => ops.push(KvOp::Clear { key }),
+            EventKind::KeyValuesCleared => ops.push(KvOp::ClearAll),
             _ => {}
         }
     }
-    Ok(Value::Array(ops))
+    Ok(ops)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use duroxide::{AppErrorKind, ErrorDetails};
+
+    /// `event_type` names each kind as duroxide's serialization tags it, so
+    /// rows written by either path carry the same `history.event_type`.
+    #[test]
+    fn event_type_is_the_serialized_tag() {
+        let s = || "x".to_owned();
+        let details = || ErrorDetails::Application {
+            kind: AppErrorKind::ActivityFailed,
+            message: s(),
+            retryable: false,
+        };
+        let kinds = vec![
+            EventKind::OrchestrationStarted {
+                name: s(),
+                version: s(),
+                input: s(),
+                parent_instance: None,
+                parent_id: None,
+                parent_execution_id: None,
+                carry_forward_events: None,
+                initial_custom_status: None,
+            },
+            EventKind::OrchestrationCompleted { output: s() },
+            EventKind::OrchestrationFailed { details: details() },
+            EventKind::ActivityScheduled {
+                name: s(),
+                input: s(),
+                session_id: None,
+                tag: None,
+            },
+            EventKind::ActivityCompleted { result: s() },
+            EventKind::ActivityFailed { details: details() },
+            EventKind::ActivityCancelRequested { reason: s() },
+            EventKind::TimerCreated { fire_at_ms: 1 },
+            EventKind::TimerFired { fire_at_ms: 1 },
+            EventKind::ExternalSubscribed { name: s() },
+            EventKind::ExternalEvent {
+                name: s(),
+                data: s(),
+            },
+            EventKind::OrchestrationChained {
+                name: s(),
+                instance: s(),
+                input: s(),
+            },
+            EventKind::SubOrchestrationScheduled {
+                name: s(),
+                instance: s(),
+                input: s(),
+            },
+            EventKind::SubOrchestrationCompleted { result: s() },
+            EventKind::SubOrchestrationFailed { details: details() },
+            EventKind::SubOrchestrationCancelRequested { reason: s() },
+            EventKind::OrchestrationContinuedAsNew { input: s() },
+            EventKind::OrchestrationCancelRequested { reason: s() },
+            EventKind::ExternalSubscribedCancelled { reason: s() },
+            EventKind::QueueSubscribed { name: s() },
+            EventKind::QueueEventDelivered {
+                name: s(),
+                data: s(),
+            },
+            EventKind::QueueSubscriptionCancelled { reason: s() },
+            EventKind::CustomStatusUpdated { status: None },
+            EventKind::KeyValueSet {
+                key: s(),
+                value: s(),
+                last_updated_at_ms: 1,
+            },
+            EventKind::KeyValueCleared { key: s() },
+            EventKind::KeyValuesCleared,
+        ];
+        for kind in kinds {
+            let doc = serde_json::to_value(&kind).unwrap();
+            assert_eq!(doc["type"].as_str(), Some(event_type(&kind)), "{doc}");
+        }
+    }
 }

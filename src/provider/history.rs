@@ -63,26 +63,19 @@ pub(crate) async fn append(
     if codec::has_nul(instance) {
         return Err(codec::nul_refusal("instance id", ""));
     }
-    codec::history_delta(events)?;
     let execution_id = numeric::to_bigint(execution_id, "execution_id")?;
-    let rows = events
-        .iter()
+    let rows = codec::history_delta(events)?
+        .into_iter()
         .map(|e| {
-            let data = codec::to_json(e)?;
-            let event_type = data
-                .get("type")
-                .and_then(Value::as_str)
-                .unwrap_or("Unknown")
-                .to_owned();
-            Ok((
+            (
                 history::instance_id.eq(instance.to_owned()),
                 history::execution_id.eq(execution_id),
-                history::event_id.eq(numeric::to_bigint(e.event_id(), "event_id")?),
-                history::event_type.eq(event_type),
-                history::event_data.eq(data),
-            ))
+                history::event_id.eq(e.event_id),
+                history::event_type.eq(e.event_type),
+                history::event_data.eq(e.event),
+            )
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Vec<_>>();
     if rows.is_empty() {
         return Ok(());
     }

@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use tokio::sync::Notify;
 
 use crate::pool::Backoff;
-use crate::procedures::dx_notify_channel;
+use crate::sql::procedures::dx_notify_channel;
 
 /// How often a waiter re-checks the queue while no listener is connected.
 pub(crate) const FALLBACK_POLL: Duration = Duration::from_millis(250);

@@ -27,18 +27,13 @@ use crate::PostgresProvider;
 use crate::error::Result;
 use crate::numeric;
 use crate::pool::{Backoff, Budget, bounded};
+use crate::sql::documents::Fetched;
 
 use unclaimed::{Claim, Queue};
 
 /// An optional delay as the procedures' milliseconds (none = 0).
 fn delay_ms(delay: Option<Duration>) -> Result<i64> {
     delay.map_or(Ok(0), |d| numeric::duration_ms(d, "delay"))
-}
-
-/// Outcome of one fetch attempt, for the shared long-poll loop.
-enum Step<T> {
-    Ready(T),
-    Idle(Option<u64>),
 }
 
 impl PostgresProvider {
@@ -72,7 +67,7 @@ impl PostgresProvider {
     ) -> Result<Option<T>>
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<Step<T>>>,
+        Fut: std::future::Future<Output = Result<Fetched<T>>>,
     {
         let deadline = Instant::now() + poll_timeout;
         let wakeups = (self.options.long_polling && !poll_timeout.is_zero())
@@ -104,8 +99,8 @@ impl PostgresProvider {
             }
 
             let retry_ms = match attempt().await {
-                Ok(Step::Ready(item)) => return Ok(Some(item)),
-                Ok(Step::Idle(retry_ms)) => {
+                Ok(Fetched::Claimed(item)) => return Ok(Some(item)),
+                Ok(Fetched::Idle { retry_ms }) => {
                     failure_backoff.reset();
                     retry_ms
                 }
@@ -270,15 +265,9 @@ impl Provider for PostgresProvider {
         poll_timeout: Duration,
         filter: Option<&DispatcherCapabilityFilter>,
     ) -> Result<Option<(OrchestrationItem, String, u32)>, ProviderError> {
-        self.long_poll(Queue::Orchestrator, poll_timeout, None, || async {
-            let attempt = self
-                .fetch_claiming(Queue::Orchestrator, |token| async move {
-                    orchestrator::fetch_once(self, &token, lock_timeout, filter).await
-                })
-                .await?;
-            Ok(match attempt {
-                orchestrator::Attempt::Item(item) => Step::Ready(*item),
-                orchestrator::Attempt::Idle(retry) => Step::Idle(retry),
+        self.long_poll(Queue::Orchestrator, poll_timeout, None, || {
+            self.fetch_claiming(Queue::Orchestrator, |token| async move {
+                orchestrator::fetch_once(self, &token, lock_timeout, filter).await
             })
         })
         .await
@@ -378,17 +367,9 @@ impl Provider for PostgresProvider {
             lock_timeout,
             convert: |handed| handed,
         };
-        self.long_poll(Queue::Worker, poll_timeout, Some(inbox), || async {
-            let attempt = self
-                .fetch_claiming(Queue::Worker, |token| async move {
-                    worker::fetch_once(self, &token, lock_timeout, session, tag_filter).await
-                })
-                .await?;
-            Ok(match attempt {
-                worker::Attempt::Item(item, token, attempts) => {
-                    Step::Ready((*item, token, attempts))
-                }
-                worker::Attempt::Idle(retry) => Step::Idle(retry),
+        self.long_poll(Queue::Worker, poll_timeout, Some(inbox), || {
+            self.fetch_claiming(Queue::Worker, |token| async move {
+                worker::fetch_once(self, &token, lock_timeout, session, tag_filter).await
             })
         })
         .await

@@ -10,22 +10,18 @@ use duroxide::providers::{
     WorkItem,
 };
 use duroxide::{Event, EventKind};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::codec::{self, AckOutcome, ClaimedOrchestration, Fetched};
+use super::codec;
 use super::unclaimed::{Claim, Queue};
 use crate::PostgresProvider;
 use crate::error::{Error, Result};
 use crate::numeric;
 use crate::pool::Budget;
-use crate::procedures::*;
-
-/// What one fetch attempt produced.
-pub(crate) enum Attempt {
-    Item(Box<(OrchestrationItem, String, u32)>),
-    /// Nothing claimable; `Some(ms)` = something may become claimable in `ms`.
-    Idle(Option<u64>),
-}
+use crate::sql::documents::{
+    AckOutcome, CancelledActivity, ClaimedOrchestration, Fetched, Metadata, WorkerClaim,
+};
+use crate::sql::procedures::*;
 
 /// One round trip: lock the next ready instance and load its turn.
 pub(crate) async fn fetch_once(
@@ -33,15 +29,15 @@ pub(crate) async fn fetch_once(
     token: &str,
     lock_timeout: Duration,
     filter: Option<&DispatcherCapabilityFilter>,
-) -> Result<Attempt> {
+) -> Result<Fetched<(OrchestrationItem, String, u32)>> {
     // Only the first range is honoured, as duroxide's contract specifies.
     let (min, max) = match filter {
         None => (None, None),
         Some(f) => match f.supported_duroxide_versions.as_slice().first() {
-            None => return Ok(Attempt::Idle(None)),
+            None => return Ok(Fetched::Idle { retry_ms: None }),
             Some(r) => (
-                Some(version_array(&r.min, "version range")?),
-                Some(version_array(&r.max, "version range")?),
+                Some(version_array(&r.min, "version range")?.to_vec()),
+                Some(version_array(&r.max, "version range")?.to_vec()),
             ),
         },
     };
@@ -55,18 +51,18 @@ pub(crate) async fn fetch_once(
     .get_result(&mut conn)
     .await?;
     drop(conn);
-    match codec::from_json::<Fetched<ClaimedOrchestration>>(doc, "fetch result")? {
-        Fetched::Idle(idle) => Ok(Attempt::Idle(idle.retry_ms)),
-        Fetched::Claimed(c) => Ok(Attempt::Item(Box::new(into_item(c)))),
-    }
+    // A claimed turn that does not decode fails the call: the claim is then
+    // released (see `unclaimed`), never mistaken for an idle answer.
+    Ok(codec::from_json::<Fetched<ClaimedOrchestration>>(doc, "fetch result")?.map(into_item))
 }
 
 /// `[major, minor, patch]` as the procedures' `INT[]`.
-fn version_array(v: &semver::Version, what: &str) -> Result<Vec<i32>> {
-    [v.major, v.minor, v.patch]
-        .into_iter()
-        .map(|n| numeric::to_int(n, what))
-        .collect()
+fn version_array(v: &semver::Version, what: &str) -> Result<[i32; 3]> {
+    Ok([
+        numeric::to_int(v.major, what)?,
+        numeric::to_int(v.minor, what)?,
+        numeric::to_int(v.patch, what)?,
+    ])
 }
 
 /// Builds the turn handed to the runtime. Never fails: the lock is already
@@ -93,8 +89,24 @@ fn into_item(c: ClaimedOrchestration) -> (OrchestrationItem, String, u32) {
         }
     }
 
-    // A new instance takes its name and version from its start message; the
-    // runtime resolves a missing version and stores it through ack metadata.
+    // Undecodable history is reported in `history_error` with the lock held,
+    // so the runtime's poison handling can terminate the instance.
+    let history = match codec::decode_history(c.history) {
+        Ok(h) => h,
+        Err(e) => {
+            errors.insert(0, e.to_string());
+            Vec::new()
+        }
+    };
+
+    // An instance without an instance row (its turns were acknowledged
+    // without metadata) is named by its history's start event; a new one by
+    // its start message. The runtime resolves a missing version and stores
+    // it through ack metadata.
+    let started = history.iter().find_map(|e| match &e.kind {
+        EventKind::OrchestrationStarted { name, version, .. } => Some((name, version)),
+        _ => None,
+    });
     let start = messages.iter().find_map(|m| match m {
         WorkItem::StartOrchestration {
             orchestration,
@@ -110,21 +122,13 @@ fn into_item(c: ClaimedOrchestration) -> (OrchestrationItem, String, u32) {
     });
     let name = c
         .name
+        .or_else(|| started.map(|(name, _)| name.clone()))
         .or_else(|| start.map(|(name, _)| name.clone()))
         .unwrap_or_default();
     let version = c
         .version
+        .or_else(|| started.map(|(_, version)| version.clone()))
         .or_else(|| start.and_then(|(_, version)| version.clone()));
-
-    // Undecodable history is reported in `history_error` with the lock held,
-    // so the runtime's poison handling can terminate the instance.
-    let history = match codec::decode_history(c.history) {
-        Ok(h) => h,
-        Err(e) => {
-            errors.insert(0, e.to_string());
-            Vec::new()
-        }
-    };
     // Too large to load: the fetch left it out and said why.
     if let Some(e) = c.history_error {
         errors.insert(0, e);
@@ -175,37 +179,46 @@ pub(crate) async fn ack(
 ) -> Result<()> {
     let execution_id = numeric::to_bigint(execution_id, "execution_id")?;
     refuse_unstorable_state(metadata, history_delta)?;
-    let history = codec::history_delta(history_delta)?;
-    let workers = worker_items
-        .iter()
-        .map(codec::worker_entry)
-        .collect::<Result<Vec<_>>>()?;
-    let orchestrators = orchestrator_items
-        .iter()
-        .map(codec::orchestrator_entry)
-        .collect::<Result<Vec<_>>>()?;
-    let kv_ops = codec::kv_ops(history_delta)?;
-    let pinned_version = match &metadata.pinned_duroxide_version {
+    let history = codec::to_json(&codec::history_delta(history_delta)?)?;
+    let workers = codec::to_json(
+        &worker_items
+            .iter()
+            .map(codec::worker_entry)
+            .collect::<Result<Vec<_>>>()?,
+    )?;
+    let orchestrators = codec::to_json(
+        &orchestrator_items
+            .iter()
+            .map(codec::orchestrator_entry)
+            .collect::<Result<Vec<_>>>()?,
+    )?;
+    let kv_ops = codec::to_json(&codec::kv_ops(history_delta)?)?;
+    let pinned = match &metadata.pinned_duroxide_version {
         Some(v) => Some(version_array(v, "pinned duroxide version")?),
         None => None,
     };
-    let metadata = json!({
-        "status": metadata.status,
-        "output": metadata.output,
-        "orchestration_name": metadata.orchestration_name,
-        "orchestration_version": metadata.orchestration_version,
-        "parent_instance_id": metadata.parent_instance_id,
-        "pinned_version": pinned_version,
-    });
+    let metadata = codec::to_json(&Metadata {
+        status: metadata.status.as_deref(),
+        output: metadata.output.as_deref(),
+        orchestration_name: metadata.orchestration_name.as_deref(),
+        orchestration_version: metadata.orchestration_version.as_deref(),
+        parent_instance_id: metadata.parent_instance_id.as_deref(),
+        pinned_major: pinned.map(|[major, _, _]| major),
+        pinned_minor: pinned.map(|[_, minor, _]| minor),
+        pinned_patch: pinned.map(|[_, _, patch]| patch),
+    })?;
     codec::refuse_nul(&metadata, "execution metadata")?;
     let cancelled_docs = cancelled
         .iter()
         .map(|a| {
-            Ok(json!({
-                "instance": a.instance,
-                "execution_id": numeric::to_bigint(a.execution_id, "cancelled activity execution_id")?,
-                "activity_id": numeric::to_bigint(a.activity_id, "cancelled activity id")?,
-            }))
+            codec::to_json(&CancelledActivity {
+                instance: &a.instance,
+                execution_id: numeric::to_bigint(
+                    a.execution_id,
+                    "cancelled activity execution_id",
+                )?,
+                activity_id: numeric::to_bigint(a.activity_id, "cancelled activity id")?,
+            })
         })
         .collect::<Result<Vec<Value>>>()?;
     for doc in &cancelled_docs {
@@ -222,20 +235,28 @@ pub(crate) async fn ack(
     // The claimed activity's token is chosen here: if this call's outcome
     // is unknown, or the waiter is gone, the lock is released at once.
     let unclaimed = claim.as_ref().map(|_| Claim::new(&p.db, Queue::Worker));
-    let claim_doc = claim
-        .as_ref()
-        .zip(unclaimed.as_ref())
-        .map(|(c, u)| json!({ "index": c.index, "lock_ms": claim_lock_ms, "token": u.token() }));
+    let claim_doc = match claim.as_ref().zip(unclaimed.as_ref()) {
+        Some((c, u)) => Some(codec::to_json(&WorkerClaim {
+            index: i64::try_from(c.index)
+                .map_err(|_| Error::Data("claimed worker item index out of range".into()))?,
+            lock_ms: claim_lock_ms,
+            token: u.token(),
+        })?),
+        None => None,
+    };
+    let custom_status = codec::custom_status_change(history_delta)
+        .map(|c| codec::to_json(&c))
+        .transpose()?;
 
     let mut conn = p.db.lease(Budget::Call).await?;
     let doc: Value = select(dx_ack_orchestration(
         lock_token,
         execution_id,
         history,
-        Value::Array(workers),
-        Value::Array(orchestrators),
+        workers,
+        orchestrators,
         metadata,
-        codec::custom_status_change(history_delta),
+        custom_status,
         kv_ops,
         Value::Array(cancelled_docs),
         claim_doc,
@@ -243,17 +264,19 @@ pub(crate) async fn ack(
     .get_result(&mut conn)
     .await?;
     drop(conn);
-    let outcome: AckOutcome = codec::from_json(doc, "ack result")?;
-    if outcome.status != "ok" {
-        if let Some(u) = unclaimed {
-            u.settled(); // nothing was committed
+    let claimed = match codec::from_json::<AckOutcome>(doc, "ack result")? {
+        AckOutcome::Committed { claimed } => claimed,
+        AckOutcome::LockLost => {
+            if let Some(u) = unclaimed {
+                u.settled(); // nothing was committed
+            }
+            return Err(Error::LockLost);
         }
-        return Err(Error::LockLost);
-    }
+    };
     let item = claim
         .as_ref()
         .and_then(|c| worker_items.get(c.index).cloned());
-    match (claim, outcome.claimed, item, unclaimed) {
+    match (claim, claimed, item, unclaimed) {
         (Some(claim), Some(token), Some(item), Some(unclaimed)) => {
             // If the waiter left meanwhile, `unclaimed` makes the activity
             // fetchable again when dropped unsettled. The turn is committed

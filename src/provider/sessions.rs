@@ -10,8 +10,8 @@ use crate::PostgresProvider;
 use crate::error::Result;
 use crate::numeric;
 use crate::pool::Budget;
-use crate::procedures::dx_renew_sessions;
 use crate::schema::{sessions, worker_queue};
+use crate::sql::procedures::dx_renew_sessions;
 
 /// One round trip: extend the non-idle sessions of `owner_ids`.
 pub(crate) async fn renew(

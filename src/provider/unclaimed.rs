@@ -15,7 +15,7 @@ use diesel_async::RunQueryDsl;
 
 use crate::error::Error;
 use crate::pool::{Budget, Db, bounded};
-use crate::procedures::{dx_abandon_orchestration, dx_abandon_work};
+use crate::sql::procedures::{dx_abandon_orchestration, dx_abandon_work};
 
 /// Which queue a token locks rows of.
 #[derive(Clone, Copy, Debug)]

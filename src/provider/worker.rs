@@ -11,19 +11,16 @@ use duroxide::{AppErrorKind, ErrorDetails};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::codec::{self, ClaimedWork, Fetched};
+use super::codec;
 use crate::PostgresProvider;
 use crate::error::{Error, Result};
 use crate::numeric;
 use crate::pool::Budget;
-use crate::procedures::*;
+use crate::sql::documents::{ClaimedWork, Fetched};
+use crate::sql::procedures::*;
 
-/// What one fetch attempt produced.
-pub(crate) enum Attempt {
-    Item(Box<WorkItem>, String, u32),
-    /// Nothing claimable; `Some(ms)` = something may become claimable in `ms`.
-    Idle(Option<u64>),
-}
+/// A claimed activity: the item, its lock token and its attempt count.
+pub(crate) type Claimed = (WorkItem, String, u32);
 
 /// `dx_fetch_work`'s tag mode and tag list for a filter; None = match nothing.
 fn tag_arguments(filter: &TagFilter) -> Option<(i32, Vec<String>)> {
@@ -48,9 +45,9 @@ pub(crate) async fn fetch_once(
     lock_timeout: Duration,
     session: Option<&SessionFetchConfig>,
     tag_filter: &TagFilter,
-) -> Result<Attempt> {
+) -> Result<Fetched<Claimed>> {
     let Some((tag_mode, tags)) = tag_arguments(tag_filter) else {
-        return Ok(Attempt::Idle(None));
+        return Ok(Fetched::Idle { retry_ms: None });
     };
     let owner = session.map(|s| s.owner_id.clone());
     let session_lock_ms = match session {
@@ -70,9 +67,9 @@ pub(crate) async fn fetch_once(
     .await?;
     drop(conn);
     match codec::from_json::<Fetched<ClaimedWork>>(doc, "fetch result")? {
-        Fetched::Idle(idle) => Ok(Attempt::Idle(idle.retry_ms)),
+        Fetched::Idle { retry_ms } => Ok(Fetched::Idle { retry_ms }),
         Fetched::Claimed(c) => match decode_activity(&c.item) {
-            Ok(item) => Ok(Attempt::Item(Box::new(item), c.lock_token, c.attempt_count)),
+            Ok(item) => Ok(Fetched::Claimed((item, c.lock_token, c.attempt_count))),
             Err(error) => stand_in(p, c, error).await,
         },
     }
@@ -117,7 +114,7 @@ type Route = (
 /// A row without routing columns (never written by this crate) has no
 /// activity to fail: it is deleted, and logged with its stored document.
 /// Costs one more round trip, on this path only.
-async fn stand_in(p: &PostgresProvider, c: ClaimedWork, error: String) -> Result<Attempt> {
+async fn stand_in(p: &PostgresProvider, c: ClaimedWork, error: String) -> Result<Fetched<Claimed>> {
     use crate::schema::worker_queue as q;
     let mut conn = p.db.lease(Budget::Call).await?;
     let route: Option<Route> = q::table
@@ -135,7 +132,7 @@ async fn stand_in(p: &PostgresProvider, c: ClaimedWork, error: String) -> Result
     drop(conn);
     let Some((instance, execution_id, activity_id, session_id, tag)) = route else {
         // The lock expired meanwhile and the row moved on: nothing to hand out.
-        return Ok(Attempt::Idle(Some(0)));
+        return Ok(Fetched::Idle { retry_ms: Some(0) });
     };
     // This path disposes of corrupt rows: a negative id names no activity
     // either, so it is handled like a missing one.
@@ -152,7 +149,7 @@ async fn stand_in(p: &PostgresProvider, c: ClaimedWork, error: String) -> Result
             Ok(()) | Err(Error::LockLost) => {}
             Err(e) => return Err(e),
         }
-        return Ok(Attempt::Idle(Some(0)));
+        return Ok(Fetched::Idle { retry_ms: Some(0) });
     };
     tracing::warn!(
         instance = %instance,
@@ -172,7 +169,7 @@ async fn stand_in(p: &PostgresProvider, c: ClaimedWork, error: String) -> Result
         session_id,
         tag,
     };
-    Ok(Attempt::Item(Box::new(item), c.lock_token, c.attempt_count))
+    Ok(Fetched::Claimed((item, c.lock_token, c.attempt_count)))
 }
 
 /// One round trip: delete the activity and enqueue its completion.

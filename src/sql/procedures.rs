@@ -2,7 +2,8 @@
 //!
 //! Each hot-path provider call is one of these functions: a single statement,
 //! so a single network round trip once diesel-async has prepared it.
-//! Durations are milliseconds; documents are JSONB (see `provider::codec`).
+//! Durations are milliseconds; a JSONB argument or result is one of the
+//! documents in [`super::documents`], named on each declaration.
 
 use diesel::define_sql_function;
 use diesel::sql_types::{Array, BigInt, Bool, Integer, Jsonb, Nullable, Text};
@@ -30,7 +31,9 @@ define_sql_function! {
 }
 
 define_sql_function! {
-    /// Lock the next ready orchestration instance under `token` and return its turn.
+    /// Lock the next ready orchestration instance under `token` and return its
+    /// turn: [`Fetched`](super::documents::Fetched) of
+    /// [`ClaimedOrchestration`](super::documents::ClaimedOrchestration).
     fn dx_fetch_orchestration(
         token: Text,
         lock_ms: BigInt,
@@ -41,7 +44,16 @@ define_sql_function! {
 
 define_sql_function! {
     /// Commit an orchestration turn, optionally claiming one of its worker
-    /// items for a waiting local worker; returns `{"status", "claimed"}`.
+    /// items for a waiting local worker. Arguments: `history` = array of
+    /// [`HistoryEntry`](super::documents::HistoryEntry), `worker_items` =
+    /// [`WorkerEntry`](super::documents::WorkerEntry), `orchestrator_items` =
+    /// [`OrchestratorEntry`](super::documents::OrchestratorEntry), `metadata` =
+    /// [`Metadata`](super::documents::Metadata), `custom_status` =
+    /// [`CustomStatus`](super::documents::CustomStatus), `kv_ops` =
+    /// [`KvOp`](super::documents::KvOp), `cancelled` =
+    /// [`CancelledActivity`](super::documents::CancelledActivity), `claim` =
+    /// [`WorkerClaim`](super::documents::WorkerClaim); returns
+    /// [`AckOutcome`](super::documents::AckOutcome).
     #[allow(clippy::too_many_arguments)]
     fn dx_ack_orchestration(
         token: Text,
@@ -68,7 +80,9 @@ define_sql_function! {
 }
 
 define_sql_function! {
-    /// Lock the next matching activity execution under `token`.
+    /// Lock the next matching activity execution under `token`:
+    /// [`Fetched`](super::documents::Fetched) of
+    /// [`ClaimedWork`](super::documents::ClaimedWork).
     fn dx_fetch_work(
         token: Text,
         lock_ms: BigInt,
@@ -105,17 +119,23 @@ define_sql_function! {
 }
 
 define_sql_function! {
-    /// Delete a root instance with its descendants; counts or `{"error"}`.
+    /// Delete a root instance with its descendants:
+    /// [`AdminOutcome`](super::documents::AdminOutcome) of
+    /// [`DeleteCounts`](super::documents::DeleteCounts).
     fn dx_delete_instance(instance: Text, force: Bool) -> Jsonb;
 }
 
 define_sql_function! {
-    /// Delete exactly these instances, refusing to orphan a child; counts or `{"error"}`.
+    /// Delete exactly these instances, refusing to orphan a child:
+    /// [`AdminOutcome`](super::documents::AdminOutcome) of
+    /// [`DeleteCounts`](super::documents::DeleteCounts).
     fn dx_delete_instances(ids: Array<Text>, force: Bool) -> Jsonb;
 }
 
 define_sql_function! {
-    /// Delete up to `max_roots` terminal root instances with their descendants; counts.
+    /// Delete up to `max_roots` terminal root instances with their descendants:
+    /// [`AdminOutcome`](super::documents::AdminOutcome) of
+    /// [`DeleteCounts`](super::documents::DeleteCounts), never refused.
     fn dx_delete_instances_bulk(
         ids: Nullable<Array<Text>>,
         completed_before_ms: Nullable<BigInt>,
@@ -124,7 +144,9 @@ define_sql_function! {
 }
 
 define_sql_function! {
-    /// Prune old executions of one instance; counts or `{"error"}`.
+    /// Prune old executions of one instance:
+    /// [`AdminOutcome`](super::documents::AdminOutcome) of
+    /// [`PruneCounts`](super::documents::PruneCounts).
     fn dx_prune_executions(
         instance: Text,
         keep_last: Nullable<Integer>,
@@ -133,7 +155,9 @@ define_sql_function! {
 }
 
 define_sql_function! {
-    /// Prune old executions of up to `max_instances` instances; counts.
+    /// Prune old executions of up to `max_instances` instances:
+    /// [`AdminOutcome`](super::documents::AdminOutcome) of
+    /// [`PruneCounts`](super::documents::PruneCounts), never refused.
     fn dx_prune_executions_bulk(
         ids: Nullable<Array<Text>>,
         completed_before_ms: Nullable<BigInt>,

@@ -1,0 +1,7 @@
+//! The Rust <-> SQL contract, typed once: [`procedures`] declares every
+//! function of `migrations/` with its SQL argument and result types, and
+//! [`documents`] every JSONB document those functions take or return.
+//! `src/functions.sql` holds the functions' current definitions.
+
+pub(crate) mod documents;
+pub(crate) mod procedures;
