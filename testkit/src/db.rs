@@ -1,9 +1,10 @@
 //! One-off SQL on a new connection: setup, inspection and cleanup of the
 //! schemas that tests and examples create.
 
-use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use diesel::QueryableByName;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 
-/// The error of [`execute`] and [`drop_schema`]: connecting or running SQL
+/// The error of [`execute`], [`scalar`] and [`drop_schema`]: connecting or running SQL
 /// failed. Displays as the underlying error.
 #[derive(Debug)]
 pub struct Error(Box<dyn std::error::Error + Send + Sync>);
@@ -37,4 +38,22 @@ pub async fn execute(url: &str, sql: &str) -> Result<(), Error> {
 pub async fn drop_schema(url: &str, schema: &str) -> Result<(), Error> {
     let quoted = schema.replace('"', "\"\"");
     execute(url, &format!("DROP SCHEMA IF EXISTS \"{quoted}\" CASCADE")).await
+}
+
+/// The first column of the first row of `query` as text (`None` for no row
+/// or NULL), on a new connection to `url`.
+pub async fn scalar(url: &str, query: &str) -> Result<Option<String>, Error> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+        v: Option<String>,
+    }
+    let mut conn = AsyncPgConnection::establish(url)
+        .await
+        .map_err(|e| Error(e.into()))?;
+    let rows: Vec<Row> = diesel::sql_query(format!("SELECT ({query})::text AS v"))
+        .load(&mut conn)
+        .await
+        .map_err(|e| Error(e.into()))?;
+    Ok(rows.into_iter().next().and_then(|r| r.v))
 }

@@ -23,10 +23,43 @@ pub fn start_item(instance: &str) -> WorkItem {
 
 /// An untagged, session-less `ActivityExecute` with activity id `id`.
 pub fn activity_item(instance: &str, id: u64) -> WorkItem {
+    activity_item_of(instance, INITIAL_EXECUTION_ID, id)
+}
+
+/// [`activity_item`] of execution `execution_id`.
+pub fn activity_item_of(instance: &str, execution_id: u64, id: u64) -> WorkItem {
     WorkItem::ActivityExecute {
         instance: instance.to_owned(),
-        execution_id: INITIAL_EXECUTION_ID,
+        execution_id,
         id,
+        name: format!("Activity{id}"),
+        input: format!("input{id}"),
+        session_id: None,
+        tag: None,
+    }
+}
+
+/// `item` (an `ActivityExecute`; anything else is returned unchanged) bound
+/// to `session_id` and carrying `tag`.
+pub fn with_session_and_tag(
+    mut item: WorkItem,
+    session: Option<&str>,
+    with_tag: Option<&str>,
+) -> WorkItem {
+    if let WorkItem::ActivityExecute {
+        session_id, tag, ..
+    } = &mut item
+    {
+        *session_id = session.map(str::to_owned);
+        *tag = with_tag.map(str::to_owned);
+    }
+    item
+}
+
+/// The `ActivityScheduled` event kind that [`activity_item`] with the same
+/// `id` executes (the event's id is the activity id).
+pub fn scheduled_kind(id: u64) -> EventKind {
+    EventKind::ActivityScheduled {
         name: format!("Activity{id}"),
         input: format!("input{id}"),
         session_id: None,
@@ -36,9 +69,14 @@ pub fn activity_item(instance: &str, id: u64) -> WorkItem {
 
 /// The `ActivityCompleted` answering [`activity_item`].
 pub fn completion_item(instance: &str, id: u64) -> WorkItem {
+    completion_item_of(instance, INITIAL_EXECUTION_ID, id)
+}
+
+/// The `ActivityCompleted` answering [`activity_item_of`].
+pub fn completion_item_of(instance: &str, execution_id: u64, id: u64) -> WorkItem {
     WorkItem::ActivityCompleted {
         instance: instance.to_owned(),
-        execution_id: INITIAL_EXECUTION_ID,
+        execution_id,
         id,
         result: format!("result{id}"),
     }

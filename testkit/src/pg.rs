@@ -5,12 +5,50 @@
 //! every test process, started once under a file lock, left running for the
 //! next run). PostgreSQL refuses to run as root, so as root the cluster runs
 //! as the `postgres` user.
+//!
+//! Test clusters run with [`Durability::Fast`]; the benchmark's cluster
+//! ([`benchmark_database_url`]) runs on the server's durable defaults, on a
+//! port of its own.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Port of the throwaway cluster (override with DUROXIDE_TEST_PG_PORT).
 const DEFAULT_PORT: u16 = 55433;
+
+/// The benchmark cluster's port, relative to the test cluster's (override
+/// with DUROXIDE_BENCH_PG_PORT). Clear of the offsets of [`private_port`]
+/// that tests use.
+const BENCH_PORT_OFFSET: u16 = 20;
+
+/// What a throwaway cluster trades for speed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// `fsync`, `synchronous_commit` and `full_page_writes` off: tests never
+    /// need a crash-safe disk, and commits that skip the flush keep the
+    /// suite fast on a shared machine.
+    Fast,
+    /// The server's defaults (all three on): a benchmark measures what a
+    /// production server does, flush per commit included.
+    Durable,
+}
+
+impl Durability {
+    /// Server settings passed on the command line at start.
+    fn settings(self) -> &'static str {
+        match self {
+            Durability::Fast => "-c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            Durability::Durable => "",
+        }
+    }
+}
+
+fn test_port() -> u16 {
+    std::env::var("DUROXIDE_TEST_PG_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(DEFAULT_PORT)
+}
 
 /// A URL of a server to test against, starting the throwaway cluster if needed.
 pub fn database_url() -> String {
@@ -19,11 +57,26 @@ pub fn database_url() -> String {
     {
         return url;
     }
-    let port: u16 = std::env::var("DUROXIDE_TEST_PG_PORT")
+    let port = test_port();
+    ensure_local_cluster(port, Durability::Fast);
+    format!("postgres://postgres@127.0.0.1:{port}/postgres")
+}
+
+/// A URL of a server to benchmark against: `DATABASE_URL` when set (that
+/// server's own settings), otherwise a throwaway cluster of its own with
+/// [`Durability::Durable`] on `DUROXIDE_BENCH_PG_PORT` (default: the test
+/// cluster's port plus 20), started if needed.
+pub fn benchmark_database_url() -> String {
+    if let Ok(url) = std::env::var("DATABASE_URL")
+        && !url.is_empty()
+    {
+        return url;
+    }
+    let port = std::env::var("DUROXIDE_BENCH_PG_PORT")
         .ok()
         .and_then(|p| p.parse().ok())
-        .unwrap_or(DEFAULT_PORT);
-    ensure_local_cluster(port);
+        .unwrap_or_else(|| test_port() + BENCH_PORT_OFFSET);
+    ensure_local_cluster(port, Durability::Durable);
     format!("postgres://postgres@127.0.0.1:{port}/postgres")
 }
 
@@ -34,16 +87,35 @@ pub fn url_as_user(url: &str, user: &str, password: &str) -> String {
     format!("{scheme}://{user}:{password}@{host}")
 }
 
+/// `url` with `-c name=value` server settings (e.g.
+/// `plan_cache_mode=force_generic_plan`) in its `options` parameter, for a
+/// URL or a key-value connection string.
+pub fn url_with_settings(url: &str, settings: &[&str]) -> String {
+    let value = settings
+        .iter()
+        .map(|s| format!("-c {s}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let encoded = value
+            .replace('%', "%25")
+            .replace(' ', "%20")
+            .replace('=', "%3D")
+            .replace('&', "%26");
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}options={encoded}")
+    } else {
+        format!("{url} options='{value}'")
+    }
+}
+
 /// The server log of the throwaway cluster when [`database_url`] uses it
 /// (`DATABASE_URL` unset); `None` when `DATABASE_URL` names another server.
 pub fn local_cluster_log() -> Option<PathBuf> {
     if std::env::var("DATABASE_URL").is_ok_and(|url| !url.is_empty()) {
         return None;
     }
-    let port: u16 = std::env::var("DUROXIDE_TEST_PG_PORT")
-        .ok()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(DEFAULT_PORT);
+    let port = test_port();
     Some(
         std::env::temp_dir()
             .join(format!("duroxide-diesel-pg-{port}"))
@@ -97,7 +169,7 @@ fn run_pg(bin: &Path, args: &[&str]) -> std::process::Output {
         .unwrap_or_else(|e| panic!("could not run {}: {e}", bin.display()))
 }
 
-fn ensure_local_cluster(port: u16) {
+fn ensure_local_cluster(port: u16, durability: Durability) {
     let root = std::env::temp_dir().join(format!("duroxide-diesel-pg-{port}"));
     let data = root.join("data");
     std::fs::create_dir_all(&root).expect("create test cluster directory");
@@ -139,18 +211,32 @@ fn ensure_local_cluster(port: u16) {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let status = run_pg(&bin.join("pg_ctl"), &["-D", &data_s, "status"]);
-    if ensure_tls(&root, &data) && status.status.success() {
+    let opts = format!(
+        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 {}",
+        root.to_string_lossy(),
+        durability.settings()
+    );
+    let mut running = run_pg(&bin.join("pg_ctl"), &["-D", &data_s, "status"])
+        .status
+        .success();
+    // A cluster left running by a run that wanted other settings (the
+    // server records its command line in postmaster.opts) is restarted with
+    // these, so a benchmark never measures a non-durable server by accident.
+    let started_fast = std::fs::read_to_string(data.join("postmaster.opts"))
+        .is_ok_and(|o| o.contains("fsync=off"));
+    if running && started_fast != (durability == Durability::Fast) {
+        let _ = run_pg(
+            &bin.join("pg_ctl"),
+            &["-D", &data_s, "-m", "fast", "-w", "stop"],
+        );
+        running = false;
+    }
+    if ensure_tls(&root, &data) && running {
         // TLS settings are reloadable: a cluster started before TLS was set
         // up picks them up without a restart.
         let _ = run_pg(&bin.join("pg_ctl"), &["-D", &data_s, "reload"]);
     }
-    if !status.status.success() {
-        let opts = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off \
-             -c synchronous_commit=off -c full_page_writes=off",
-            root.to_string_lossy()
-        );
+    if !running {
         let log = root.join("postgres.log").to_string_lossy().to_string();
         let out = run_pg(
             &bin.join("pg_ctl"),
@@ -279,17 +365,13 @@ fn flock(file: &std::fs::File) {
 /// that restart or stop the server; its URL. Needs local PostgreSQL
 /// binaries whatever `DATABASE_URL` says.
 pub fn private_cluster(port: u16) -> String {
-    ensure_local_cluster(port);
+    ensure_local_cluster(port, Durability::Fast);
     format!("postgres://postgres@127.0.0.1:{port}/postgres")
 }
 
 /// The port for a private cluster: the shared cluster's port plus `offset`.
 pub fn private_port(offset: u16) -> u16 {
-    let base: u16 = std::env::var("DUROXIDE_TEST_PG_PORT")
-        .ok()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(DEFAULT_PORT);
-    base + offset
+    test_port() + offset
 }
 
 /// Restarts a private cluster with a fast shutdown (every connection is

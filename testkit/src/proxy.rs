@@ -261,6 +261,55 @@ impl Drop for Proxy {
     }
 }
 
+/// A [`Proxy`] on a thread and single-worker tokio runtime of its own, so
+/// its forwarding does not compete with the workers of the runtime being
+/// measured. Dropping it stops the proxy and its runtime.
+pub struct ProxyThread {
+    proxy: Option<Proxy>,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl ProxyThread {
+    /// Starts a proxy in front of the server of a `postgres://` URL (see
+    /// [`Proxy::for_url`]) on its own thread.
+    pub async fn for_url(url: &str, delay: Duration) -> io::Result<ProxyThread> {
+        let url = url.to_owned();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let started = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("testkit-proxy")
+                .enable_all()
+                .build()
+                .and_then(|rt| {
+                    let proxy = rt.block_on(Proxy::for_url(&url, delay))?;
+                    Ok(ProxyThread {
+                        proxy: Some(proxy),
+                        rt: Some(rt),
+                    })
+                });
+            let _ = tx.send(started);
+        });
+        rx.await
+            .map_err(|_| io::Error::other("proxy thread died before starting"))?
+    }
+
+    /// The running proxy.
+    pub fn proxy(&self) -> &Proxy {
+        self.proxy.as_ref().expect("the proxy runs until drop")
+    }
+}
+
+impl Drop for ProxyThread {
+    fn drop(&mut self) {
+        // The proxy's tasks run on `rt`: stop them before the runtime goes.
+        drop(self.proxy.take());
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 /// Splits `scheme://[userinfo@]host[:port][/path][?query]` into
 /// (`scheme://[userinfo@]`, `host:port`, `/path?query`); the port defaults
 /// to 5432. Key-value connection strings are not supported.

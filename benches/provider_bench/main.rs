@@ -1,0 +1,122 @@
+//! Side-by-side benchmark of the PostgreSQL provider (issue 4).
+//!
+//! Run: `cargo bench --bench provider_bench` (release build, ~4-6 minutes).
+//! Smoke test: `DXBENCH_QUICK=1 cargo bench --bench provider_bench`.
+//!
+//! Sections, all in one run, printed as tables, one module each:
+//!   (a) [`stress`]: duroxide's parallel-orchestrations stress test, this
+//!       provider vs duroxide's SQLite file provider, orch:worker 1:1 and
+//!       2:2, runs interleaved (pg, sqlite, pg, sqlite, ...);
+//!   (b) [`sequential`]: one orchestration running 20 sequential
+//!       activities: ms per step, directly and through a delaying TCP proxy
+//!       (10 ms and 50 ms RTT), with round trips per step and the
+//!       5-round-trip floor;
+//!   (c) [`dispatch`]: enqueue-to-pickup dispatch latency on an idle runtime;
+//!   (d) [`idle`]: round trips per second sent by an idle runtime;
+//!   (e) [`per_call`]: round trips per hot-path call, each call measured alone.
+//!
+//! Conditions: the server's durable defaults (fsync, synchronous_commit and
+//! full_page_writes on). Without `DATABASE_URL` the testkit starts a
+//! throwaway cluster of the benchmark's own with those settings (port
+//! `DUROXIDE_BENCH_PG_PORT`, default the test cluster's port plus 20); the
+//! machine note at the top prints the settings and TLS state the server
+//! reports.
+//!
+//! A section that fails is reported and the others still run; the exit
+//! status is then 1.
+//!
+//! Knobs (environment): DXBENCH_QUICK=1 (1 run, 3 s stress, fewer samples),
+//! DXBENCH_RUNS, DXBENCH_STRESS_SECS, DXBENCH_SAMPLES (dispatch latency),
+//! DXBENCH_IDLE_SECS, DXBENCH_SECTIONS (e.g. "bd"), DATABASE_URL,
+//! DUROXIDE_BENCH_PG_PORT, RUST_LOG.
+
+mod conditions;
+mod config;
+mod dispatch;
+mod idle;
+mod per_call;
+mod registries;
+mod report;
+mod sequential;
+mod setup;
+mod stress;
+mod tap;
+mod targets;
+
+use std::time::{Duration, Instant};
+
+use duroxide_diesel_testkit::pg;
+
+use config::Config;
+use targets::Results;
+
+type Res<T> = Result<T, String>;
+
+/// How long a section waits for one orchestration to finish.
+const WAIT: Duration = Duration::from_secs(120);
+
+async fn run(cfg: Config) -> Res<()> {
+    let url = tokio::task::spawn_blocking(pg::benchmark_database_url)
+        .await
+        .map_err(|e| format!("start PostgreSQL: {e}"))?;
+    conditions::machine_note(&url, &cfg).await?;
+    let started = Instant::now();
+    let mut results = Results::default();
+    let mut failed = Vec::new();
+    let mut report = |section: char, err: String| {
+        println!("({section}) FAILED: {err}\n");
+        failed.push(section);
+    };
+    // Runs one section when selected; a failed section is reported and the
+    // others still run.
+    macro_rules! run_section {
+        ($letter:literal, $field:ident, $call:expr) => {
+            if cfg.wants($letter) {
+                match $call.await {
+                    Ok(v) => results.$field = Some(v),
+                    Err(err) => report($letter, err),
+                }
+            }
+        };
+    }
+    run_section!('a', a, stress::run(&url, &cfg));
+    run_section!('b', b, sequential::run(&url, &cfg));
+    run_section!('c', c, dispatch::run(&url, &cfg));
+    run_section!('d', d, idle::run(&url, &cfg));
+    run_section!('e', e, per_call::run(&url));
+    targets::print_targets(&results);
+    println!(
+        "total benchmark time: {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    setup::cleanup(&url).await;
+    // A failed section fails the run, so CI's smoke run notices a section
+    // that no longer works.
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        let failed: String = failed.into_iter().collect();
+        Err(format!("section(s) {failed} failed (see above)"))
+    }
+}
+
+fn main() {
+    // Installed before any duroxide runtime starts, so the runtime's own
+    // logging setup (which writes to stdout) backs off: stdout keeps the
+    // tables, warnings go to stderr. RUST_LOG overrides the level.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let cfg = Config::from_env();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = rt.block_on(run(cfg)) {
+        eprintln!("provider_bench failed: {e}");
+        std::process::exit(1);
+    }
+}

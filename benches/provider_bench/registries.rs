@@ -1,0 +1,34 @@
+//! The orchestrations and activity of the runtime sections (b), (c), (d).
+
+use duroxide::runtime::registry::ActivityRegistry;
+use duroxide::{ActivityContext, OrchestrationContext, OrchestrationRegistry};
+
+/// Activities per orchestration in section (b).
+pub const STEPS: u32 = 20;
+
+pub fn activities() -> ActivityRegistry {
+    ActivityRegistry::builder()
+        .register(
+            "Noop",
+            |_c: ActivityContext, s: String| async move { Ok(s) },
+        )
+        .build()
+}
+
+pub fn orchestrations() -> OrchestrationRegistry {
+    OrchestrationRegistry::builder()
+        .register(
+            "Seq20",
+            |ctx: OrchestrationContext, _input: String| async move {
+                for i in 0..STEPS {
+                    ctx.schedule_activity("Noop", i.to_string()).await?;
+                }
+                Ok("done".to_owned())
+            },
+        )
+        .register(
+            "Quick",
+            |_ctx: OrchestrationContext, input: String| async move { Ok(input) },
+        )
+        .build()
+}

@@ -1,0 +1,84 @@
+//! What every section builds on: providers on fresh schemas, the delay
+//! proxy, and cleanup of everything a run created.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use duroxide_diesel::PostgresProvider;
+use duroxide_diesel_testkit::db;
+use duroxide_diesel_testkit::proxy::ProxyThread;
+
+use crate::Res;
+use crate::config::progress;
+use crate::report::{median, ms};
+
+/// Schemas and temp files created by this run, removed at the end.
+static SCHEMAS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+static SQLITE_FILES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// A fresh schema name, dropped by [`cleanup`].
+pub fn new_schema(tag: &str) -> String {
+    let name = db::unique_schema(&format!("dxbench_{tag}"));
+    SCHEMAS.lock().unwrap().push(name.clone());
+    name
+}
+
+/// A SQLite database file (with its journal files) removed by [`cleanup`].
+pub fn track_sqlite_file(path: PathBuf) {
+    SQLITE_FILES.lock().unwrap().push(path);
+}
+
+pub async fn build_pg(url: &str, schema: &str) -> Res<PostgresProvider> {
+    PostgresProvider::builder(url)
+        .schema(schema)
+        .build()
+        .await
+        .map_err(|e| format!("build PostgresProvider ({schema}): {e}"))
+}
+
+/// Drops the run's schemas and removes its SQLite files.
+pub async fn cleanup(url: &str) {
+    let schemas = std::mem::take(&mut *SCHEMAS.lock().unwrap());
+    for s in &schemas {
+        if let Err(e) = db::drop_schema(url, s).await {
+            progress(format!("could not drop schema {s}: {e}"));
+        }
+    }
+    for f in std::mem::take(&mut *SQLITE_FILES.lock().unwrap()) {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut p = f.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(PathBuf::from(p));
+        }
+    }
+}
+
+/// The delay proxy on its own thread (see [`ProxyThread`]), shared by the
+/// section and the tap's probe.
+pub async fn start_proxy(url: &str, one_way: Duration) -> Res<Arc<ProxyThread>> {
+    ProxyThread::for_url(url, one_way)
+        .await
+        .map(Arc::new)
+        .map_err(|e| format!("start proxy: {e}"))
+}
+
+/// Median of `n` `SELECT 1` round trips on one connection to `url`.
+pub async fn probe_rtt(url: &str, n: usize) -> Res<f64> {
+    let mut conn = AsyncPgConnection::establish(url)
+        .await
+        .map_err(|e| format!("probe connect: {e}"))?;
+    conn.batch_execute("SELECT 1")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        conn.batch_execute("SELECT 1")
+            .await
+            .map_err(|e| e.to_string())?;
+        v.push(ms(t.elapsed()));
+    }
+    Ok(median(&v))
+}

@@ -1,0 +1,96 @@
+//! The targets of issue 4, judged from the sections that ran.
+
+use std::time::Duration;
+
+use crate::dispatch::DispatchSummary;
+use crate::idle::IdleSummary;
+use crate::per_call::PerCall;
+use crate::report::{fmt_num, median, percentile, table, verdict};
+use crate::sequential::{FLOOR_RTS_PER_STEP, Path, SeqSummary};
+use crate::stress::StressSummary;
+#[derive(Default)]
+pub struct Results {
+    pub a: Option<StressSummary>,
+    pub b: Option<SeqSummary>,
+    pub c: Option<DispatchSummary>,
+    pub d: Option<IdleSummary>,
+    pub e: Option<PerCall>,
+}
+
+pub fn print_targets(r: &Results) {
+    println!("Targets (issue 4), measured in this run:");
+    let mut rows = Vec::new();
+
+    let per_call =
+        r.e.as_ref()
+            .map(|e| e.rows.iter().map(|x| x.1).max().unwrap_or(0));
+    rows.push(vec![
+        "round trips per hot-path call".to_owned(),
+        "1".to_owned(),
+        per_call
+            .map(|m| {
+                format!(
+                    "max {m} over {} calls (e)",
+                    r.e.as_ref().map_or(0, |e| e.rows.len())
+                )
+            })
+            .unwrap_or_else(|| "n/a".to_owned()),
+        verdict(per_call.map(|m| m <= 1)).to_owned(),
+    ]);
+
+    let at50 =
+        r.b.as_ref()
+            .and_then(|b| b.median_ms(Path::Proxy(Duration::from_millis(25))));
+    let floor50 = FLOOR_RTS_PER_STEP * 50.0;
+    rows.push(vec![
+        "ms/step at 50 ms RTT".to_owned(),
+        format!("<= 1.1 x floor = {} ms", fmt_num(1.1 * floor50)),
+        at50.map(|m| format!("{} ms = {}x floor", fmt_num(m), fmt_num(m / floor50)))
+            .unwrap_or_else(|| "n/a".to_owned()),
+        verdict(at50.map(|m| m <= 1.1 * floor50)).to_owned(),
+    ]);
+
+    let local = r.b.as_ref().and_then(|b| b.median_ms(Path::Direct));
+    rows.push(vec![
+        "ms/step on localhost, default poll interval".to_owned(),
+        "<= 5 ms".to_owned(),
+        local
+            .map(|m| format!("{} ms", fmt_num(m)))
+            .unwrap_or_else(|| "n/a".to_owned()),
+        verdict(local.map(|m| m <= 5.0)).to_owned(),
+    ]);
+
+    let p50 = r.c.as_ref().map(|c| percentile(&c.from_return, 0.5));
+    rows.push(vec![
+        "dispatch latency p50, localhost".to_owned(),
+        "<= 5 ms".to_owned(),
+        p50.map(|m| format!("{} ms", fmt_num(m)))
+            .unwrap_or_else(|| "n/a".to_owned()),
+        verdict(p50.map(|m| m <= 5.0)).to_owned(),
+    ]);
+
+    let qps = r.d.as_ref().map(|d| d.qps);
+    rows.push(vec![
+        "idle queries/s per runtime".to_owned(),
+        "<= 1".to_owned(),
+        qps.map(fmt_num).unwrap_or_else(|| "n/a".to_owned()),
+        verdict(qps.map(|q| q <= 1.0)).to_owned(),
+    ]);
+
+    let stress = r.a.as_ref().and_then(|a| {
+        a.cells
+            .iter()
+            .find(|(c, _, _)| *c == (2, 2))
+            .map(|(_, pg, sq)| (median(&pg.orch) / median(&sq.orch), pg.failed))
+    });
+    rows.push(vec![
+        "stress throughput at 2:2 vs SQLite".to_owned(),
+        ">= 2x, 0 failed".to_owned(),
+        stress
+            .map(|(ratio, failed)| format!("{}x, {failed} failed", fmt_num(ratio)))
+            .unwrap_or_else(|| "n/a".to_owned()),
+        verdict(stress.map(|(ratio, failed)| ratio >= 2.0 && failed == 0)).to_owned(),
+    ]);
+
+    table(&["target", "goal", "measured", "verdict"], &rows);
+}
