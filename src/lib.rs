@@ -34,6 +34,7 @@
 #![deny(missing_docs)]
 
 mod error;
+mod inspect;
 mod migrate;
 mod numeric;
 mod options;
@@ -47,6 +48,7 @@ mod tls;
 use std::time::Duration;
 
 pub use error::{Error, Result};
+pub use inspect::{ConnectionCount, InstanceQuery, InstanceSummary, QueueCounts, QueueStatus};
 pub use migrate::{MIGRATIONS, MigrationMode, grant_statements};
 pub use options::{DEFAULT_SCHEMA, Options};
 
