@@ -14,15 +14,18 @@ use diesel::prelude::*;
 use diesel::sql_types::Timestamptz;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use duroxide::providers::{DeleteInstanceResult, InstanceFilter, PruneOptions, PruneResult};
-use serde::Deserialize;
 use serde_json::Value;
 
 use crate::PostgresProvider;
 use crate::error::{Error, Result};
 use crate::numeric;
 use crate::pool::{Budget, bounded};
-use crate::procedures::{dx_delete_instance, dx_delete_instances_bulk, dx_prune_executions_bulk};
+use crate::provider::admin::decode;
 use crate::schema::{executions, instances, orchestrator_queue, worker_queue};
+use crate::sql::documents::{DeleteCounts, PruneCounts};
+use crate::sql::procedures::{
+    dx_delete_instance, dx_delete_instances_bulk, dx_prune_executions_bulk,
+};
 
 diesel::table! {
     /// The server's view of its sessions; only the columns read here.
@@ -194,37 +197,6 @@ fn like_prefix(prefix: &str) -> String {
     }
     pattern.push('%');
     pattern
-}
-
-/// A procedure's counts, or its refusal (as the admin calls decode them).
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Outcome<T> {
-    Refused { error: String },
-    Done(T),
-}
-
-#[derive(Deserialize)]
-struct DeleteCounts {
-    instances_deleted: u64,
-    executions_deleted: u64,
-    events_deleted: u64,
-    queue_messages_deleted: u64,
-}
-
-#[derive(Deserialize)]
-struct PruneCounts {
-    instances_processed: u64,
-    executions_deleted: u64,
-    events_deleted: u64,
-}
-
-fn decode<T: serde::de::DeserializeOwned>(doc: Value) -> Result<T> {
-    match serde_json::from_value::<Outcome<T>>(doc) {
-        Ok(Outcome::Done(v)) => Ok(v),
-        Ok(Outcome::Refused { error }) => Err(Error::Refused(error)),
-        Err(e) => Err(Error::Data(format!("procedure result: {e}"))),
-    }
 }
 
 /// Ends a preview's transaction: carries the result out of a rolled-back
@@ -451,7 +423,7 @@ impl PostgresProvider {
         let doc = self
             .preview(select(dx_delete_instance(instance_id.to_owned(), force)))
             .await?;
-        Ok(delete_result(decode(doc)?))
+        Ok(decode::<DeleteCounts>(doc)?.into())
     }
 
     /// What [`delete_instance_bulk`](duroxide::providers::ProviderAdmin::delete_instance_bulk)
@@ -477,7 +449,7 @@ impl PostgresProvider {
                 limit,
             )))
             .await?;
-        Ok(delete_result(decode(doc)?))
+        Ok(decode::<DeleteCounts>(doc)?.into())
     }
 
     /// What [`prune_executions_bulk`](duroxide::providers::ProviderAdmin::prune_executions_bulk)
@@ -510,12 +482,7 @@ impl PostgresProvider {
                 ms(options.completed_before, "completed_before")?,
             )))
             .await?;
-        let counts: PruneCounts = decode(doc)?;
-        Ok(PruneResult {
-            instances_processed: counts.instances_processed,
-            executions_deleted: counts.executions_deleted,
-            events_deleted: counts.events_deleted,
-        })
+        Ok(decode::<PruneCounts>(doc)?.into())
     }
 
     /// Runs one procedure call in a transaction that is always rolled back,
@@ -541,15 +508,6 @@ impl PostgresProvider {
             }
         })
         .await
-    }
-}
-
-fn delete_result(c: DeleteCounts) -> DeleteInstanceResult {
-    DeleteInstanceResult {
-        instances_deleted: c.instances_deleted,
-        executions_deleted: c.executions_deleted,
-        events_deleted: c.events_deleted,
-        queue_messages_deleted: c.queue_messages_deleted,
     }
 }
 

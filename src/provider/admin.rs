@@ -32,7 +32,7 @@ use crate::sql::procedures::*;
 const DEFAULT_BULK_LIMIT: u32 = 1000;
 
 /// A procedure result: its counts, or the contract's refusal.
-fn decode<T: DeserializeOwned>(doc: Value) -> Result<T> {
+pub(crate) fn decode<T: DeserializeOwned>(doc: Value) -> Result<T> {
     match codec::from_json::<AdminOutcome<T>>(doc, "procedure result")? {
         AdminOutcome::Refused { error } => Err(Error::Refused(error)),
         AdminOutcome::Done(value) => Ok(value),

@@ -1,7 +1,7 @@
 //! The [`Provider`] and [`ProviderAdmin`] implementations: thin dispatchers
 //! onto one module per queue or table.
 
-mod admin;
+pub(crate) mod admin;
 pub(crate) mod codec;
 pub(crate) mod handoff;
 mod history;
