@@ -30,7 +30,7 @@
 //!
 //! Size: `--instances N` or `EXPLAIN_PLANS_INSTANCES` (at least 5000: below
 //! that a seq scan is the planner's right choice and the check would judge
-//! noise). CI runs it at 5000.
+//! noise).
 //!
 //! Uses `DATABASE_URL` when set, otherwise the tests' throwaway cluster
 //! (whose log it knows). For another server, set `EXPLAIN_PLANS_LOG` to a
