@@ -36,6 +36,7 @@
 mod error;
 mod migrate;
 mod numeric;
+mod observe;
 mod options;
 mod pool;
 mod procedures;
@@ -318,6 +319,7 @@ impl PostgresProviderBuilder {
             options.admin_call_timeout,
         )
         .await?;
+        observe::describe();
         let db = pool::Db::new(&connector, &options);
         Ok(PostgresProvider {
             db,
