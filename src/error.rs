@@ -199,6 +199,27 @@ impl Error {
         )
     }
 
+    /// The variant as a stable snake_case name, for metric labels and span
+    /// fields (never the message, which varies).
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Error::InvalidSchemaName { .. } => "invalid_schema_name",
+            Error::InvalidUrl(_) => "invalid_url",
+            Error::InvalidOption(_) => "invalid_option",
+            Error::Timeout(_) => "timeout",
+            Error::Connect { .. } => "connect",
+            Error::ConnectTimeout(_) => "connect_timeout",
+            Error::Pool { .. } => "pool_exhausted",
+            Error::Migration { .. } => "migration",
+            Error::Tls { .. } => "tls",
+            Error::SchemaMismatch { .. } => "schema_mismatch",
+            Error::Database(_) => "database",
+            Error::Data(_) => "data",
+            Error::LockLost => "lock_lost",
+            Error::Refused(_) => "refused",
+        }
+    }
+
     /// [`Error::Migration`]: `context` followed by the source's message.
     pub(crate) fn migration(context: Option<&str>, source: impl Into<BoxError>) -> Self {
         let source = source.into();

@@ -37,6 +37,7 @@ mod error;
 mod inspect;
 mod migrate;
 mod numeric;
+mod observe;
 mod options;
 mod pool;
 mod provider;
@@ -320,6 +321,7 @@ impl PostgresProviderBuilder {
             options.admin_call_timeout,
         )
         .await?;
+        observe::describe();
         let db = pool::Db::new(&connector, &options);
         Ok(PostgresProvider {
             db,

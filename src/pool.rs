@@ -38,6 +38,7 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::error::{Error, Result};
+use crate::observe::name;
 use crate::options::Options;
 
 /// Parses the URL the way the driver will, so a malformed URL fails up front
@@ -190,9 +191,13 @@ pub(crate) enum Budget {
 
 /// A pooled connection and the number of its statements that started but
 /// have not finished.
+///
+/// It counts itself in the idle or in-use gauge from birth to drop; the
+/// gauges move by increments, so several providers in one process add up.
 pub(crate) struct DbConn {
     conn: AsyncPgConnection,
     in_flight: Arc<AtomicI64>,
+    checked_out: bool,
 }
 
 impl DbConn {
@@ -211,7 +216,26 @@ impl DbConn {
             }
             _ => {}
         });
-        Self { conn, in_flight }
+        metrics::gauge!(name::POOL_IDLE).increment(1.0);
+        Self {
+            conn,
+            in_flight,
+            checked_out: false,
+        }
+    }
+
+    /// Moves the connection between the idle and in-use gauges.
+    fn set_checked_out(&mut self, checked_out: bool) {
+        if self.checked_out != checked_out {
+            self.checked_out = checked_out;
+            let (from, to) = if checked_out {
+                (name::POOL_IDLE, name::POOL_IN_USE)
+            } else {
+                (name::POOL_IN_USE, name::POOL_IDLE)
+            };
+            metrics::gauge!(from).decrement(1.0);
+            metrics::gauge!(to).increment(1.0);
+        }
     }
 
     /// Usable: the socket task is alive, no transaction is broken, and no
@@ -219,6 +243,17 @@ impl DbConn {
     /// peer may be gone).
     fn usable(&mut self) -> bool {
         self.in_flight.load(Ordering::Acquire) == 0 && !self.conn.is_broken()
+    }
+}
+
+impl Drop for DbConn {
+    fn drop(&mut self) {
+        let gauge = if self.checked_out {
+            name::POOL_IN_USE
+        } else {
+            name::POOL_IDLE
+        };
+        metrics::gauge!(gauge).decrement(1.0);
     }
 }
 
@@ -298,6 +333,7 @@ impl bb8::ErrorSink<ManagerError> for FailureSink {
         let ManagerError::Connect(error) = error else {
             return; // a discarded idle connection, not a failed attempt
         };
+        metrics::counter!(name::POOL_CONNECT_FAILURES).increment(1);
         if let Ok(mut last) = self.0.last.lock() {
             *last = Some(Arc::new(error));
         }
@@ -362,16 +398,25 @@ impl Db {
     /// attempt failed).
     pub(crate) async fn lease(&self, budget: Budget) -> Result<Lease<'_>> {
         let limit = self.limit(budget);
-        let deadline = Instant::now() + limit;
+        let started = Instant::now();
+        let deadline = started + limit;
         let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
         let mut last_failure: Option<Arc<Error>> = None;
+        let mut waiting = CheckoutTimeout {
+            deadline: Some(deadline),
+        };
         loop {
             let failed = self.failures.notify.notified();
             let mut failed = std::pin::pin!(failed);
             failed.as_mut().enable();
             tokio::select! {
                 got = self.pool.get() => match got {
-                    Ok(conn) => return Ok(Lease { conn, db: self }),
+                    Ok(mut conn) => {
+                        conn.set_checked_out(true);
+                        waiting.deadline = None;
+                        crate::observe::duration(name::POOL_CHECKOUT_WAIT, started.elapsed());
+                        return Ok(Lease { conn, db: self });
+                    }
                     Err(bb8::RunError::User(ManagerError::Connect(e))) => {
                         last_failure = Some(Arc::new(e));
                     }
@@ -417,6 +462,26 @@ impl Db {
     }
 }
 
+/// Counts a checkout that ends without a connection at its deadline:
+/// either [`Db::lease`] gives up, or the call's own limit (the same length,
+/// started a moment earlier) drops it.
+struct CheckoutTimeout {
+    /// `None` once a connection was had.
+    deadline: Option<Instant>,
+}
+
+impl Drop for CheckoutTimeout {
+    fn drop(&mut self) {
+        // A few milliseconds of timer slack; a caller that gave up earlier
+        // (shutdown, a cancelled poll) is no timeout.
+        if let Some(deadline) = self.deadline
+            && Instant::now() + Duration::from_millis(10) >= deadline
+        {
+            metrics::counter!(name::POOL_CHECKOUT_TIMEOUTS).increment(1);
+        }
+    }
+}
+
 /// A connection checked out for one call; back to the pool when dropped,
 /// unless it is no longer usable (see [`DbConn::usable`]).
 pub(crate) struct Lease<'a> {
@@ -426,8 +491,12 @@ pub(crate) struct Lease<'a> {
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
-        if !self.conn.usable() {
-            // Closed on its way back; the listener may be affected too.
+        if self.conn.usable() {
+            self.conn.set_checked_out(false);
+        } else {
+            // Closed on its way back (still counted in use until then); the
+            // listener may be affected too.
+            metrics::counter!(name::POOL_RETIRED).increment(1);
             self.db.report_fault();
         }
     }

@@ -22,6 +22,7 @@ use super::{codec, history as history_reads};
 use crate::PostgresProvider;
 use crate::error::{Error, Result};
 use crate::numeric;
+use crate::observe::{Call, Report, observe};
 use crate::pool::{Budget, bounded};
 use crate::schema::{executions, history, instances, orchestrator_queue, worker_queue};
 use crate::sql::documents::{AdminOutcome, DeleteCounts, PruneCounts};
@@ -437,34 +438,38 @@ async fn prune_bulk(
     Ok(decode::<PruneCounts>(doc)?.into())
 }
 
-/// One admin call within the admin call limit, failing as duroxide's error.
-async fn admin_call<T>(
+/// One admin call within the admin call limit, observed as `observed`,
+/// failing as duroxide's error.
+async fn admin_call<T: Report>(
     p: &PostgresProvider,
-    op: &'static str,
+    observed: Call<'_>,
     call: impl std::future::Future<Output = Result<T>>,
 ) -> std::result::Result<T, ProviderError> {
-    bounded(&p.db, Budget::Admin, call)
-        .await
-        .map_err(|e| e.into_provider_error(op))
+    observed.run(bounded(&p.db, Budget::Admin, call)).await
 }
 
 #[async_trait::async_trait]
 impl ProviderAdmin for PostgresProvider {
     async fn list_instances(&self) -> Result<Vec<String>, ProviderError> {
-        admin_call(self, "list_instances", list_instances(self)).await
+        admin_call(self, observe!("list_instances"), list_instances(self)).await
     }
 
     async fn list_instances_by_status(&self, status: &str) -> Result<Vec<String>, ProviderError> {
         admin_call(
             self,
-            "list_instances_by_status",
+            observe!("list_instances_by_status"),
             list_instances_by_status(self, status),
         )
         .await
     }
 
     async fn list_executions(&self, instance: &str) -> Result<Vec<u64>, ProviderError> {
-        admin_call(self, "list_executions", list_executions(self, instance)).await
+        admin_call(
+            self,
+            observe!("list_executions").instance(instance),
+            list_executions(self, instance),
+        )
+        .await
     }
 
     async fn read_history_with_execution_id(
@@ -474,7 +479,9 @@ impl ProviderAdmin for PostgresProvider {
     ) -> Result<Vec<Event>, ProviderError> {
         admin_call(
             self,
-            "read_history_with_execution_id",
+            observe!("read_history_with_execution_id")
+                .instance(instance)
+                .execution(execution_id),
             history_reads::read_execution(self, instance, execution_id),
         )
         .await
@@ -483,7 +490,7 @@ impl ProviderAdmin for PostgresProvider {
     async fn read_history(&self, instance: &str) -> Result<Vec<Event>, ProviderError> {
         admin_call(
             self,
-            "read_history",
+            observe!("read_history").instance(instance),
             history_reads::read_latest(self, instance),
         )
         .await
@@ -492,14 +499,19 @@ impl ProviderAdmin for PostgresProvider {
     async fn latest_execution_id(&self, instance: &str) -> Result<u64, ProviderError> {
         admin_call(
             self,
-            "latest_execution_id",
+            observe!("latest_execution_id").instance(instance),
             latest_execution_id(self, instance),
         )
         .await
     }
 
     async fn get_instance_info(&self, instance: &str) -> Result<InstanceInfo, ProviderError> {
-        admin_call(self, "get_instance_info", instance_info(self, instance)).await
+        admin_call(
+            self,
+            observe!("get_instance_info").instance(instance),
+            instance_info(self, instance),
+        )
+        .await
     }
 
     async fn get_execution_info(
@@ -509,30 +521,47 @@ impl ProviderAdmin for PostgresProvider {
     ) -> Result<ExecutionInfo, ProviderError> {
         admin_call(
             self,
-            "get_execution_info",
+            observe!("get_execution_info")
+                .instance(instance)
+                .execution(execution_id),
             execution_info(self, instance, execution_id),
         )
         .await
     }
 
     async fn get_system_metrics(&self) -> Result<SystemMetrics, ProviderError> {
-        admin_call(self, "get_system_metrics", system_metrics(self)).await
+        admin_call(self, observe!("get_system_metrics"), system_metrics(self)).await
     }
 
     async fn get_queue_depths(&self) -> Result<QueueDepths, ProviderError> {
-        admin_call(self, "get_queue_depths", queue_depths(self)).await
+        admin_call(self, observe!("get_queue_depths"), queue_depths(self)).await
     }
 
     async fn list_children(&self, instance_id: &str) -> Result<Vec<String>, ProviderError> {
-        admin_call(self, "list_children", list_children(self, instance_id)).await
+        admin_call(
+            self,
+            observe!("list_children").instance(instance_id),
+            list_children(self, instance_id),
+        )
+        .await
     }
 
     async fn get_parent_id(&self, instance_id: &str) -> Result<Option<String>, ProviderError> {
-        admin_call(self, "get_parent_id", parent_id(self, instance_id)).await
+        admin_call(
+            self,
+            observe!("get_parent_id").instance(instance_id),
+            parent_id(self, instance_id),
+        )
+        .await
     }
 
     async fn get_instance_tree(&self, instance_id: &str) -> Result<InstanceTree, ProviderError> {
-        admin_call(self, "get_instance_tree", instance_tree(self, instance_id)).await
+        admin_call(
+            self,
+            observe!("get_instance_tree").instance(instance_id),
+            instance_tree(self, instance_id),
+        )
+        .await
     }
 
     /// Overrides the default (parent check, tree walk, then delete) with one
@@ -544,7 +573,7 @@ impl ProviderAdmin for PostgresProvider {
     ) -> Result<DeleteInstanceResult, ProviderError> {
         admin_call(
             self,
-            "delete_instance",
+            observe!("delete_instance").instance(instance_id),
             delete_tree(self, instance_id, force),
         )
         .await
@@ -557,7 +586,7 @@ impl ProviderAdmin for PostgresProvider {
     ) -> Result<DeleteInstanceResult, ProviderError> {
         admin_call(
             self,
-            "delete_instances_atomic",
+            observe!("delete_instances_atomic"),
             delete_exact(self, ids, force),
         )
         .await
@@ -567,7 +596,12 @@ impl ProviderAdmin for PostgresProvider {
         &self,
         filter: InstanceFilter,
     ) -> Result<DeleteInstanceResult, ProviderError> {
-        admin_call(self, "delete_instance_bulk", delete_bulk(self, &filter)).await
+        admin_call(
+            self,
+            observe!("delete_instance_bulk"),
+            delete_bulk(self, &filter),
+        )
+        .await
     }
 
     async fn prune_executions(
@@ -575,7 +609,12 @@ impl ProviderAdmin for PostgresProvider {
         instance_id: &str,
         options: PruneOptions,
     ) -> Result<PruneResult, ProviderError> {
-        admin_call(self, "prune_executions", prune(self, instance_id, &options)).await
+        admin_call(
+            self,
+            observe!("prune_executions").instance(instance_id),
+            prune(self, instance_id, &options),
+        )
+        .await
     }
 
     async fn prune_executions_bulk(
@@ -585,7 +624,7 @@ impl ProviderAdmin for PostgresProvider {
     ) -> Result<PruneResult, ProviderError> {
         admin_call(
             self,
-            "prune_executions_bulk",
+            observe!("prune_executions_bulk"),
             prune_bulk(self, &filter, &options),
         )
         .await

@@ -15,6 +15,7 @@ use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
 use futures_util::StreamExt;
 use tokio::sync::Notify;
 
+use crate::observe::name;
 use crate::pool::Backoff;
 use crate::sql::procedures::dx_notify_channel;
 
@@ -51,9 +52,18 @@ impl Wakeups {
         self.worker.notify_waiters();
     }
 
+    /// Notifications flow; counted in the connected gauge.
+    fn set_connected(&self) {
+        if !self.connected.swap(true, Ordering::AcqRel) {
+            metrics::gauge!(name::LISTENER_CONNECTED).increment(1.0);
+        }
+    }
+
     /// Waiters stop trusting notifications and poll, and re-check now.
     fn disconnected(&self) {
-        self.connected.store(false, Ordering::Release);
+        if self.connected.swap(false, Ordering::AcqRel) {
+            metrics::gauge!(name::LISTENER_CONNECTED).decrement(1.0);
+        }
         self.wake_all();
     }
 }
@@ -78,34 +88,40 @@ pub(crate) fn spawn(connector: crate::pool::Connector, mut liveness: Liveness) -
         // keep trusting a listener that no longer exists.
         let _reset = ResetOnDrop(Arc::clone(&state));
         let mut delay = RECONNECT;
-        let mut failures = 0u32;
+        let mut ever_connected = false;
+        // One warning per outage: set when a loss or failure was reported,
+        // cleared when notifications flow again.
+        let mut outage_reported = false;
         while !state.stopped.load(Ordering::Acquire) {
             let session = async {
-                let outcome = match connector.connect().await {
-                    Ok(conn) => listen(conn, &state, &mut liveness).await,
-                    Err(e) => Err(e),
-                };
-                state.disconnected();
-                outcome
+                let conn = subscribe(connector.connect().await?, liveness.timeout).await?;
+                if ever_connected {
+                    metrics::counter!(name::LISTENER_RECONNECTS).increment(1);
+                }
+                if outage_reported {
+                    tracing::info!("duroxide-diesel listener reconnected");
+                }
+                ever_connected = true;
+                outage_reported = false;
+                listen(conn, &state, &mut liveness).await;
+                // `listen` reported the loss.
+                outage_reported = true;
+                Ok::<_, crate::Error>(())
             };
             let outcome = tokio::select! {
                 outcome = session => outcome,
                 _ = state.shutdown.notified() => break,
             };
+            state.disconnected();
             match outcome {
                 // It was up: reconnect promptly.
-                Ok(()) => {
-                    delay.reset();
-                    failures = 0;
+                Ok(()) => delay.reset(),
+                Err(e) if !outage_reported => {
+                    outage_reported = true;
+                    tracing::warn!(error = %e, "duroxide-diesel listener disconnected; fetches poll until it is back");
                 }
                 Err(e) => {
-                    failures += 1;
-                    // Once per outage at warn; the retries at debug.
-                    if failures == 1 {
-                        tracing::warn!(error = %e, "duroxide-diesel listener disconnected; fetches poll until it is back");
-                    } else {
-                        tracing::debug!(error = %e, failures, "duroxide-diesel listener still disconnected");
-                    }
+                    tracing::debug!(error = %e, "duroxide-diesel listener still disconnected");
                 }
             }
             let pause = jitter(delay.next());
@@ -114,7 +130,7 @@ pub(crate) fn spawn(connector: crate::pool::Connector, mut liveness: Liveness) -
                 _ = state.shutdown.notified() => break,
             }
         }
-        state.connected.store(false, Ordering::Release);
+        state.disconnected();
     });
     wakeups
 }
@@ -137,14 +153,11 @@ impl Drop for ResetOnDrop {
     }
 }
 
-/// Receives notifications until the connection fails or misses a heartbeat.
-/// Returns `Ok` only for a connection that was up and then failed, so the
-/// caller reconnects without delay growth.
-async fn listen(
+/// Subscribes `conn` to the schema's channel.
+async fn subscribe(
     mut conn: AsyncPgConnection,
-    state: &Wakeups,
-    liveness: &mut Liveness,
-) -> crate::Result<()> {
+    timeout: Duration,
+) -> crate::Result<AsyncPgConnection> {
     // Bounded like every call: a connection that goes silent right after
     // opening must not hold the listener forever.
     let subscribe = async {
@@ -153,10 +166,16 @@ async fn listen(
         conn.batch_execute(&format!("LISTEN \"{channel}\"")).await?;
         Ok::<_, crate::Error>(())
     };
-    tokio::time::timeout(liveness.timeout, subscribe)
+    tokio::time::timeout(timeout, subscribe)
         .await
-        .map_err(|_| crate::Error::Timeout(liveness.timeout))??;
-    state.connected.store(true, Ordering::Release);
+        .map_err(|_| crate::Error::Timeout(timeout))??;
+    Ok(conn)
+}
+
+/// Receives notifications on a subscribed connection until it fails or
+/// misses a heartbeat, and logs why it ended.
+async fn listen(mut conn: AsyncPgConnection, state: &Wakeups, liveness: &mut Liveness) {
+    state.set_connected();
     // Anything enqueued before LISTEN took effect is picked up by a re-check.
     state.wake_all();
     liveness.faults.mark_unchanged();
@@ -177,14 +196,17 @@ async fn listen(
                         },
                         Some(Err(e)) => {
                             tracing::warn!(error = %e, "duroxide-diesel listener connection failed");
-                            return Ok(());
+                            return;
                         }
-                        None => return Ok(()),
+                        None => {
+                            tracing::warn!("duroxide-diesel listener connection closed");
+                            return;
+                        }
                     },
                     _ = &mut heartbeat => break,
                     changed = liveness.faults.changed() => {
                         if changed.is_err() {
-                            return Ok(()); // the provider is gone
+                            return; // the provider is gone
                         }
                         break;
                     }
@@ -196,14 +218,14 @@ async fn listen(
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "duroxide-diesel listener heartbeat failed");
-                return Ok(());
+                return;
             }
             Err(_) => {
                 tracing::warn!(
                     timeout = ?liveness.timeout,
                     "duroxide-diesel listener heartbeat got no reply; reconnecting"
                 );
-                return Ok(());
+                return;
             }
         }
     }

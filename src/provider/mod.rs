@@ -26,6 +26,7 @@ use tokio::sync::Notify;
 use crate::PostgresProvider;
 use crate::error::Result;
 use crate::numeric;
+use crate::observe::{self, Call, Report, instance_of, instance_of_events, observe};
 use crate::pool::{Backoff, Budget, bounded};
 use crate::sql::documents::Fetched;
 
@@ -60,6 +61,7 @@ impl PostgresProvider {
     /// by the turn that made it.
     async fn long_poll<T, F, Fut>(
         &self,
+        op: &'static str,
         queue: Queue,
         poll_timeout: Duration,
         inbox: Option<Inbox<'_, T>>,
@@ -112,6 +114,7 @@ impl PostgresProvider {
                     if e.is_retryable() && Instant::now() + failure_backoff.peek() < deadline =>
                 {
                     tracing::debug!(error = %e, "fetch failed; retrying within the poll timeout");
+                    observe::retried(op);
                     tokio::time::sleep(failure_backoff.next()).await;
                     continue;
                 }
@@ -166,13 +169,14 @@ impl PostgresProvider {
 }
 
 impl PostgresProvider {
-    /// One provider call within the call limit, failing as duroxide's error.
-    async fn call<T>(
+    /// One provider call within the call limit, observed as `observed`,
+    /// failing as duroxide's error.
+    async fn call<T: Report>(
         &self,
-        op: &'static str,
+        observed: Call<'_>,
         call: impl std::future::Future<Output = Result<T>>,
     ) -> Result<T, ProviderError> {
-        bounded(&self.db, Budget::Call, call).await.map_err(err(op))
+        observed.run(bounded(&self.db, Budget::Call, call)).await
     }
 
     /// One fetch attempt within the call limit, under a lock token chosen
@@ -184,7 +188,16 @@ impl PostgresProvider {
         Fut: std::future::Future<Output = Result<A>>,
     {
         let claim = Claim::new(&self.db, queue);
+        let started = Instant::now();
         let result = bounded(&self.db, Budget::Call, fetch(claim.token().to_owned())).await;
+        // Per statement, not per call: a long poll's waiting is not latency.
+        observe::duration(
+            match queue {
+                Queue::Orchestrator => observe::name::FETCH_ORCHESTRATION_ITEM,
+                Queue::Worker => observe::name::DEQUEUE_WORKER,
+            },
+            started.elapsed(),
+        );
         if result
             .as_ref()
             .map_or_else(crate::Error::is_before_send, |_| true)
@@ -210,7 +223,12 @@ impl PostgresProvider {
     ///   fails, so the activity runs again. A repeated ack that finds its
     ///   lock gone (an earlier try committed, or the lock expired) says so
     ///   and changes nothing.
-    async fn retry_transient<F, Fut>(&self, window: Duration, attempt: F) -> Result<()>
+    async fn retry_transient<F, Fut>(
+        &self,
+        op: &'static str,
+        window: Duration,
+        attempt: F,
+    ) -> Result<()>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<()>>,
@@ -221,6 +239,7 @@ impl PostgresProvider {
             match bounded(&self.db, Budget::Call, attempt()).await {
                 Err(e) if e.is_retryable() && Instant::now() + backoff.peek() < give_up => {
                     tracing::debug!(error = %e, "transient failure; retrying");
+                    observe::retried(op);
                     tokio::time::sleep(backoff.next()).await;
                 }
                 result => return result,
@@ -245,10 +264,6 @@ impl Drop for PostgresProvider {
     }
 }
 
-fn err(op: &'static str) -> impl Fn(crate::Error) -> ProviderError {
-    move |e| e.into_provider_error(op)
-}
-
 #[async_trait::async_trait]
 impl Provider for PostgresProvider {
     fn name(&self) -> &str {
@@ -265,13 +280,14 @@ impl Provider for PostgresProvider {
         poll_timeout: Duration,
         filter: Option<&DispatcherCapabilityFilter>,
     ) -> Result<Option<(OrchestrationItem, String, u32)>, ProviderError> {
-        self.long_poll(Queue::Orchestrator, poll_timeout, None, || {
+        let observed = observe!("fetch_orchestration_item");
+        let op = observed.op();
+        let fetch = self.long_poll(op, Queue::Orchestrator, poll_timeout, None, || {
             self.fetch_claiming(Queue::Orchestrator, |token| async move {
                 orchestrator::fetch_once(self, &token, lock_timeout, filter).await
             })
-        })
-        .await
-        .map_err(err("fetch_orchestration_item"))
+        });
+        observed.run(fetch).await
     }
 
     async fn ack_orchestration_item(
@@ -284,8 +300,18 @@ impl Provider for PostgresProvider {
         metadata: ExecutionMetadata,
         cancelled_activities: Vec<ScheduledActivityIdentifier>,
     ) -> Result<(), ProviderError> {
-        self.call(
+        let observed = observe!(
             "ack_orchestration_item",
+            worker_items = worker_items.len(),
+            orchestrator_items = orchestrator_items.len(),
+            cancelled_activities = cancelled_activities.len(),
+        )
+        .instance(instance_of_events(&history_delta))
+        .execution(execution_id)
+        .items(history_delta.len())
+        .timed(observe::name::ACK_ORCHESTRATION_ITEM);
+        self.call(
+            observed,
             orchestrator::ack(
                 self,
                 lock_token,
@@ -307,15 +333,18 @@ impl Provider for PostgresProvider {
         ignore_attempt: bool,
     ) -> Result<(), ProviderError> {
         self.call(
-            "abandon_orchestration_item",
+            observe!("abandon_orchestration_item"),
             orchestrator::abandon(self, lock_token, delay, ignore_attempt),
         )
         .await
     }
 
     async fn read(&self, instance: &str) -> Result<Vec<Event>, ProviderError> {
-        self.call("read", history::read_latest(self, instance))
-            .await
+        self.call(
+            observe!("read").instance(instance),
+            history::read_latest(self, instance),
+        )
+        .await
     }
 
     async fn read_with_execution(
@@ -324,7 +353,9 @@ impl Provider for PostgresProvider {
         execution_id: u64,
     ) -> Result<Vec<Event>, ProviderError> {
         self.call(
-            "read_with_execution",
+            observe!("read_with_execution")
+                .instance(instance)
+                .execution(execution_id),
             history::read_execution(self, instance, execution_id),
         )
         .await
@@ -337,15 +368,21 @@ impl Provider for PostgresProvider {
         new_events: Vec<Event>,
     ) -> Result<(), ProviderError> {
         self.call(
-            "append_with_execution",
+            observe!("append_with_execution")
+                .instance(instance)
+                .execution(execution_id)
+                .items(new_events.len()),
             history::append(self, instance, execution_id, &new_events),
         )
         .await
     }
 
     async fn enqueue_for_worker(&self, item: WorkItem) -> Result<(), ProviderError> {
-        self.call("enqueue_for_worker", worker::enqueue(self, &item))
-            .await
+        self.call(
+            observe!("enqueue_for_worker").instance(instance_of(&item)),
+            worker::enqueue(self, &item),
+        )
+        .await
     }
 
     async fn fetch_work_item(
@@ -355,9 +392,10 @@ impl Provider for PostgresProvider {
         session: Option<&SessionFetchConfig>,
         tag_filter: &TagFilter,
     ) -> Result<Option<(WorkItem, String, u32)>, ProviderError> {
+        let observed = observe!("fetch_work_item");
         if matches!(tag_filter, TagFilter::None) {
             // Orchestrator-only runtime: never any work, no query, no wait.
-            return Ok(None);
+            return observed.run(async { Ok(None) }).await;
         }
         // Session-bound items are never handed over, so any waiter may take
         // session-less ones whatever its session configuration.
@@ -367,13 +405,13 @@ impl Provider for PostgresProvider {
             lock_timeout,
             convert: |handed| handed,
         };
-        self.long_poll(Queue::Worker, poll_timeout, Some(inbox), || {
+        let op = observed.op();
+        let fetch = self.long_poll(op, Queue::Worker, poll_timeout, Some(inbox), || {
             self.fetch_claiming(Queue::Worker, |token| async move {
                 worker::fetch_once(self, &token, lock_timeout, session, tag_filter).await
             })
-        })
-        .await
-        .map_err(err("fetch_work_item"))
+        });
+        observed.run(fetch).await
     }
 
     async fn ack_work_item(
@@ -381,12 +419,16 @@ impl Provider for PostgresProvider {
         token: &str,
         completion: Option<WorkItem>,
     ) -> Result<(), ProviderError> {
+        let observed = observe!("ack_work_item")
+            .instance(completion.as_ref().map(instance_of))
+            .timed(observe::name::ACK_WORKER);
         // Three call limits: long enough to ride out a restart or a killed
         // connection, short enough not to hold a worker slot for long.
         let window = self.options.call_timeout * 3;
-        self.retry_transient(window, || worker::ack(self, token, completion.as_ref()))
+        let op = observed.op();
+        observed
+            .run(self.retry_transient(op, window, || worker::ack(self, token, completion.as_ref())))
             .await
-            .map_err(err("ack_work_item"))
     }
 
     async fn renew_work_item_lock(
@@ -394,9 +436,11 @@ impl Provider for PostgresProvider {
         token: &str,
         extend_for: Duration,
     ) -> Result<(), ProviderError> {
-        self.retry_transient(extend_for, || worker::renew(self, token, extend_for))
+        let observed = observe!("renew_work_item_lock");
+        let op = observed.op();
+        observed
+            .run(self.retry_transient(op, extend_for, || worker::renew(self, token, extend_for)))
             .await
-            .map_err(err("renew_work_item_lock"))
     }
 
     async fn renew_session_lock(
@@ -406,7 +450,7 @@ impl Provider for PostgresProvider {
         idle_timeout: Duration,
     ) -> Result<usize, ProviderError> {
         self.call(
-            "renew_session_lock",
+            observe!("renew_session_lock"),
             sessions::renew(self, owner_ids, extend_for, idle_timeout),
         )
         .await
@@ -417,7 +461,7 @@ impl Provider for PostgresProvider {
         _idle_timeout: Duration,
     ) -> Result<usize, ProviderError> {
         self.call(
-            "cleanup_orphaned_sessions",
+            observe!("cleanup_orphaned_sessions"),
             sessions::cleanup_orphaned(self),
         )
         .await
@@ -430,7 +474,7 @@ impl Provider for PostgresProvider {
         ignore_attempt: bool,
     ) -> Result<(), ProviderError> {
         self.call(
-            "abandon_work_item",
+            observe!("abandon_work_item"),
             worker::abandon(self, token, delay, ignore_attempt),
         )
         .await
@@ -441,9 +485,13 @@ impl Provider for PostgresProvider {
         token: &str,
         extend_for: Duration,
     ) -> Result<(), ProviderError> {
-        self.retry_transient(extend_for, || orchestrator::renew(self, token, extend_for))
+        let observed = observe!("renew_orchestration_item_lock");
+        let op = observed.op();
+        observed
+            .run(self.retry_transient(op, extend_for, || {
+                orchestrator::renew(self, token, extend_for)
+            }))
             .await
-            .map_err(err("renew_orchestration_item_lock"))
     }
 
     async fn enqueue_for_orchestrator(
@@ -452,7 +500,9 @@ impl Provider for PostgresProvider {
         delay: Option<Duration>,
     ) -> Result<(), ProviderError> {
         self.call(
-            "enqueue_for_orchestrator",
+            observe!("enqueue_for_orchestrator")
+                .instance(instance_of(&item))
+                .timed(observe::name::ENQUEUE_ORCHESTRATOR),
             orchestrator::enqueue(self, &item, delay),
         )
         .await
@@ -468,7 +518,7 @@ impl Provider for PostgresProvider {
         last_seen_version: u64,
     ) -> Result<Option<(Option<String>, u64)>, ProviderError> {
         self.call(
-            "get_custom_status",
+            observe!("get_custom_status").instance(instance),
             state::custom_status(self, instance, last_seen_version),
         )
         .await
@@ -479,23 +529,32 @@ impl Provider for PostgresProvider {
         instance: &str,
         key: &str,
     ) -> Result<Option<String>, ProviderError> {
-        self.call("get_kv_value", state::kv_value(self, instance, key))
-            .await
+        self.call(
+            observe!("get_kv_value").instance(instance),
+            state::kv_value(self, instance, key),
+        )
+        .await
     }
 
     async fn get_kv_all_values(
         &self,
         instance: &str,
     ) -> Result<HashMap<String, String>, ProviderError> {
-        self.call("get_kv_all_values", state::kv_all(self, instance))
-            .await
+        self.call(
+            observe!("get_kv_all_values").instance(instance),
+            state::kv_all(self, instance),
+        )
+        .await
     }
 
     async fn get_instance_stats(
         &self,
         instance: &str,
     ) -> Result<Option<SystemStats>, ProviderError> {
-        self.call("get_instance_stats", state::instance_stats(self, instance))
-            .await
+        self.call(
+            observe!("get_instance_stats").instance(instance),
+            state::instance_stats(self, instance),
+        )
+        .await
     }
 }
