@@ -129,6 +129,8 @@ pub struct PostgresProvider {
     wakeups: std::sync::OnceLock<std::sync::Arc<provider::listener::Wakeups>>,
     /// Worker fetches of this provider waiting for work (see `provider::handoff`).
     worker_waiters: std::sync::Arc<provider::handoff::Waiters>,
+    /// Ack tokens whose outcome is unknown (see `provider::unsettled`).
+    unsettled_acks: provider::unsettled::Acks,
 }
 
 impl std::fmt::Debug for PostgresProvider {
@@ -329,6 +331,7 @@ impl PostgresProviderBuilder {
             connector,
             wakeups: std::sync::OnceLock::new(),
             worker_waiters: Default::default(),
+            unsettled_acks: Default::default(),
         })
     }
 }

@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::TestDb;
-use common::items::{activity_item, start_item};
+use common::items::{ack_first_turn, activity_item, completion_item, start_item};
 use common::proxy::Proxy;
 use duroxide::providers::{Provider, TagFilter};
 use duroxide_diesel::{Error, PostgresProvider};
@@ -495,6 +495,107 @@ async fn a_lock_taken_by_a_fetch_whose_reply_was_lost_is_released() {
     assert_eq!(work_attempts, 1);
     assert_eq!(turn_attempts, 1);
     drop((workers, orchestrators, direct));
+    db.cleanup().await;
+}
+
+/// An ack that commits while its reply is lost: the caller's retry with the
+/// same token finds the lock released, and must not be told the lock was
+/// lost (duroxide would fail an orchestration whose turn committed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_whose_reply_was_lost_succeeds_when_retried() {
+    let db = TestDb::new().await;
+    let direct = db.provider().await;
+    let proxy = Proxy::for_url(&db.url, Duration::ZERO).await.unwrap();
+    let p = PostgresProvider::builder(&proxy.url(&db.url))
+        .schema(&db.schema)
+        .call_timeout(Duration::from_millis(700))
+        .max_connections(1)
+        .build()
+        .await
+        .unwrap();
+    let lock = Duration::from_secs(60);
+    let fetch_turn = || async {
+        p.fetch_orchestration_item(lock, Duration::ZERO, None)
+            .await
+            .unwrap()
+            .expect("a turn")
+    };
+    let fetch_work = || async {
+        p.fetch_work_item(lock, Duration::ZERO, None, &TagFilter::Any)
+            .await
+            .unwrap()
+            .expect("an activity")
+    };
+    // One full round of each statement first, so the pooled connection has
+    // them prepared: a muted connection then still sends each ack whole.
+    for instance in ["warm", "lost-reply"] {
+        direct
+            .enqueue_for_orchestrator(start_item(instance), None)
+            .await
+            .unwrap();
+        direct
+            .enqueue_for_worker(activity_item(instance, 1))
+            .await
+            .unwrap();
+    }
+    let (turn, token, _) = fetch_turn().await;
+    ack_first_turn(&p, &turn.instance, &token).await.unwrap();
+    assert_eq!(turn.instance, "warm");
+    let (_, work_token, _) = fetch_work().await;
+    // Without a completion: the same statement, and no message for "warm".
+    p.ack_work_item(&work_token, None).await.unwrap();
+    let (turn, token, _) = fetch_turn().await;
+    assert_eq!(turn.instance, "lost-reply");
+    let (work, work_token, _) = fetch_work().await;
+    let work_instance = match &work {
+        duroxide::providers::WorkItem::ActivityExecute { instance, .. } => instance.clone(),
+        other => panic!("unexpected {other:?}"),
+    };
+
+    // The orchestration ack commits; its reply never arrives.
+    proxy.mute_replies();
+    let err = ack_first_turn(&p, &turn.instance, &token)
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+    // It did commit (its statement ran to the end on the server).
+    let started = Instant::now();
+    while direct.read(&turn.instance).await.unwrap().is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the ack never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // duroxide retries with the same token: success, not a lost lock.
+    ack_first_turn(&p, &turn.instance, &token)
+        .await
+        .expect("the retried ack of a committed turn succeeds");
+    // A token that never had an uncertain ack still fails as the contract asks.
+    let err = ack_first_turn(&p, &turn.instance, "never-issued")
+        .await
+        .unwrap_err();
+    assert!(!err.is_retryable(), "{err:?}");
+
+    // The activity ack retries within its own window: its first attempt
+    // commits with the reply lost, the retry finds the row gone.
+    proxy.mute_replies();
+    p.ack_work_item(&work_token, Some(completion_item(&work_instance, 1)))
+        .await
+        .expect("an activity ack whose first reply was lost succeeds");
+    // Its completion was enqueued once.
+    let (turn, _, _) = direct
+        .fetch_orchestration_item(lock, Duration::ZERO, None)
+        .await
+        .unwrap()
+        .expect("the completion is queued");
+    let completions = turn
+        .messages
+        .iter()
+        .filter(|m| matches!(m, duroxide::providers::WorkItem::ActivityCompleted { .. }))
+        .count();
+    assert_eq!(completions, 1, "{:?}", turn.messages);
+    drop((p, direct));
     db.cleanup().await;
 }
 

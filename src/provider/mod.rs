@@ -10,6 +10,7 @@ mod orchestrator;
 mod sessions;
 mod state;
 mod unclaimed;
+pub(crate) mod unsettled;
 mod worker;
 
 use std::collections::HashMap;
@@ -310,20 +311,18 @@ impl Provider for PostgresProvider {
         .execution(execution_id)
         .items(history_delta.len())
         .timed(observe::name::ACK_ORCHESTRATION_ITEM);
-        self.call(
-            observed,
-            orchestrator::ack(
-                self,
-                lock_token,
-                execution_id,
-                &history_delta,
-                &worker_items,
-                &orchestrator_items,
-                &metadata,
-                &cancelled_activities,
-            ),
-        )
-        .await
+        let ack = orchestrator::ack(
+            self,
+            lock_token,
+            execution_id,
+            &history_delta,
+            &worker_items,
+            &orchestrator_items,
+            &metadata,
+            &cancelled_activities,
+        );
+        self.call(observed, self.unsettled_acks.attempt(lock_token, ack))
+            .await
     }
 
     async fn abandon_orchestration_item(
@@ -427,7 +426,10 @@ impl Provider for PostgresProvider {
         let window = self.options.call_timeout * 3;
         let op = observed.op();
         observed
-            .run(self.retry_transient(op, window, || worker::ack(self, token, completion.as_ref())))
+            .run(self.retry_transient(op, window, || {
+                self.unsettled_acks
+                    .attempt(token, worker::ack(self, token, completion.as_ref()))
+            }))
             .await
     }
 
