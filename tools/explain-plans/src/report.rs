@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 
 use crate::Args;
-use crate::analysis::{Analysis, LARGE_TABLES, Verdict, WIDE_ROWS, analyse, one_line, render_plan};
+use crate::analysis::{
+    Analysis, LARGE_TABLES, SEQ_TOLERATED_ROWS, Verdict, WIDE_ROWS, analyse, one_line, render_plan,
+};
 use crate::capture::{CallRecord, Category, Pass};
 
 /// Statements worth showing in full, each once (the execution that read the
@@ -60,7 +62,7 @@ pub fn report(records: &[CallRecord], args: &Args) -> i32 {
          level), top plan node, table:index per scan ((not run) = planned, not executed here).\n\
          Verdicts: index | seq(small) = seq scan of instance_locks/sessions only | WIDE = over \
          {WIDE_ROWS} rows read through indexes | by design = whole-table call | SEQ SCAN = seq \
-         scan of {}.",
+         scan reading over {SEQ_TOLERATED_ROWS} rows of {}.",
         LARGE_TABLES.join("/")
     );
     for pass in [Pass::Custom, Pass::Generic] {
@@ -224,7 +226,8 @@ pub fn report(records: &[CallRecord], args: &Args) -> i32 {
     }
     if failures.order.is_empty() {
         println!(
-            "\nOK: {captured} statements analysed; no {} call seq-scans {}.",
+            "\nOK: {captured} statements analysed; no {} call seq-scans over \
+             {SEQ_TOLERATED_ROWS} rows of {}.",
             if args.strict {
                 "hot-path, read, maintenance or per-instance admin"
             } else {
