@@ -28,27 +28,67 @@ const PRUNE_ABOVE: usize = 1024;
 /// Age after which a mark is pruned: far longer than any retry of an ack.
 const MAX_AGE: Duration = Duration::from_secs(600);
 
-/// Lock tokens of this process whose ack outcome is unknown.
+/// What is known of a token's acks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    /// An attempt is running. A second attempt that starts meanwhile (two
+    /// callers acking the same token at once) learns nothing from it: the
+    /// two race for the lock and the loser's lost lock is an error.
+    InFlight,
+    /// An attempt ended without a known outcome.
+    Uncertain,
+}
+
+/// Lock tokens of this process with an ack running or of unknown outcome.
 #[derive(Debug, Default)]
 pub(crate) struct Acks {
-    marked: Mutex<HashMap<String, Instant>>,
+    marked: Mutex<HashMap<String, (Mark, Instant)>>,
+}
+
+/// Marks its token uncertain when dropped before [`Attempt::settle`]: the
+/// attempt's future was dropped (a call limit) or its outcome is unknown.
+struct Attempt<'a> {
+    acks: &'a Acks,
+    token: &'a str,
+    settled: bool,
+}
+
+impl Attempt<'_> {
+    /// The outcome is known: nothing about the token is uncertain.
+    fn settle(mut self) {
+        self.settled = true;
+        self.acks.unmark(self.token);
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.acks.set(self.token, Mark::Uncertain);
+        }
+    }
 }
 
 impl Acks {
     /// Runs one ack attempt for `token` (see the module docs). A future
-    /// dropped before it finishes (a call limit) leaves the token marked.
+    /// dropped before it finishes (a call limit) leaves the token uncertain.
     pub(crate) async fn attempt<F>(&self, token: &str, ack: F) -> Result<()>
     where
         F: Future<Output = Result<()>>,
     {
-        let earlier_uncertain = self.mark(token);
+        let earlier_uncertain = self.set(token, Mark::InFlight) == Some(Mark::Uncertain);
+        let attempt = Attempt {
+            acks: self,
+            token,
+            settled: false,
+        };
         match ack.await {
             Ok(()) => {
-                self.unmark(token);
+                attempt.settle();
                 Ok(())
             }
             Err(Error::LockLost) if earlier_uncertain => {
-                self.unmark(token);
+                attempt.settle();
                 tracing::debug!(
                     "ack met a released lock after an attempt with unknown outcome; \
                      reporting success"
@@ -57,23 +97,27 @@ impl Acks {
             }
             Err(e) => {
                 // Nothing was sent, or the server answered with a refusal:
-                // this attempt certainly changed nothing.
+                // this attempt certainly changed nothing (an earlier
+                // uncertain one stays uncertain). Otherwise the drop marks
+                // the token uncertain.
                 if !earlier_uncertain && (e.is_before_send() || matches!(e, Error::LockLost)) {
-                    self.unmark(token);
+                    attempt.settle();
                 }
                 Err(e)
             }
         }
     }
 
-    /// Marks `token`; true if it was marked already.
-    fn mark(&self, token: &str) -> bool {
+    /// Sets `token`'s mark, returning the one it replaces.
+    fn set(&self, token: &str, mark: Mark) -> Option<Mark> {
         let mut marked = self.marked.lock().unwrap_or_else(|p| p.into_inner());
         if marked.len() >= PRUNE_ABOVE {
             let now = Instant::now();
-            marked.retain(|_, at| now.duration_since(*at) < MAX_AGE);
+            marked.retain(|_, (_, at)| now.duration_since(*at) < MAX_AGE);
         }
-        marked.insert(token.to_owned(), Instant::now()).is_some()
+        marked
+            .insert(token.to_owned(), (mark, Instant::now()))
+            .map(|(previous, _)| previous)
     }
 
     fn unmark(&self, token: &str) {
@@ -132,6 +176,28 @@ mod tests {
         assert!(!acks.is_marked("t"));
         let r = block_on(acks.attempt("t", async { Err(Error::LockLost) }));
         assert!(matches!(r, Err(Error::LockLost)));
+    }
+
+    #[test]
+    fn of_two_concurrent_attempts_the_one_that_lost_the_lock_fails() {
+        let acks = Acks::default();
+        block_on(async {
+            let (release, released) = tokio::sync::oneshot::channel::<()>();
+            let first = acks.attempt("t", async {
+                let _ = released.await;
+                Ok(())
+            });
+            let second = async {
+                // Runs while the first attempt is in flight.
+                let r = acks.attempt("t", async { Err(Error::LockLost) }).await;
+                let _ = release.send(());
+                r
+            };
+            let (first, second) = tokio::join!(first, second);
+            assert!(first.is_ok());
+            assert!(matches!(second, Err(Error::LockLost)), "{second:?}");
+        });
+        assert!(!acks.is_marked("t"));
     }
 
     #[test]
