@@ -271,6 +271,7 @@ impl PostgresProvider {
             ))
             .get_result(&mut conn)
             .await?;
+            conn.finish().await?;
             let (orchestrator, worker, server_now) = row;
             let counts = |(ready, scheduled, locked, oldest): (
                 Option<i64>,
@@ -315,6 +316,7 @@ impl PostgresProvider {
                 .order_by((a::application_name, a::state))
                 .load(&mut conn)
                 .await?;
+            conn.finish().await?;
             rows.into_iter()
                 .map(|(application_name, state, count)| {
                     Ok(ConnectionCount {
@@ -388,6 +390,7 @@ impl PostgresProvider {
                 ))
                 .load(&mut conn)
                 .await?;
+            conn.finish().await?;
             rows.into_iter()
                 .map(
                     |(id, name, version, status, current, parent, created, done)| {
@@ -501,6 +504,7 @@ impl PostgresProvider {
                     Err(Preview::Done(doc))
                 })
                 .await;
+            conn.finish().await?;
             match outcome {
                 Err(Preview::Done(doc)) => Ok(doc),
                 Err(Preview::Failed(e)) => Err(Error::from(e)),

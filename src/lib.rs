@@ -124,7 +124,8 @@ pub const UNDECODABLE_ACTIVITY: &str = "duroxide-diesel/undecodable-work-item";
 pub struct PostgresProvider {
     db: pool::Db,
     options: Options,
-    connector: pool::Connector,
+    /// Reaches the server itself (not a transaction pooler): for LISTEN.
+    direct: pool::Connector,
     /// Listener for long polling, started by the first fetch that waits.
     wakeups: std::sync::OnceLock<std::sync::Arc<provider::listener::Wakeups>>,
     /// Worker fetches of this provider waiting for work (see `provider::handoff`).
@@ -296,6 +297,40 @@ impl PostgresProviderBuilder {
         self
     }
 
+    /// The URL given to [`PostgresProvider::builder`] reaches PostgreSQL
+    /// through a connection pooler in transaction mode (PgBouncer's
+    /// `pool_mode = transaction`); `direct_url` reaches the server itself
+    /// and is used for migrations and for the one LISTEN connection of long
+    /// polling, which a transaction pooler cannot carry.
+    ///
+    /// Through the pooler nothing is kept between calls, since consecutive
+    /// transactions of one client connection may run on different server
+    /// connections: each call runs in a transaction of its own that sets
+    /// `search_path` (and `statement_timeout`) with `SET LOCAL`, statements
+    /// are prepared per call instead of cached, and `application_name` is
+    /// sent at connect. This works with every PgBouncer version (1.18
+    /// included, no `max_prepared_statements` needed) and costs round trips
+    /// to the pooler: four per call (`BEGIN` with the settings, prepare,
+    /// execute, `COMMIT`) instead of one, so run the pooler next to the
+    /// application or the database. Statement pooling (`pool_mode =
+    /// statement`) refuses transactions and is not supported:
+    /// [`build`](Self::build) fails with [`Error::Connect`]. Session pooling
+    /// needs no option. See the operations guide, "Connection poolers".
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), duroxide_diesel::Error> {
+    /// let provider = duroxide_diesel::PostgresProvider::builder("postgres://app@pgbouncer:6432/app")
+    ///     .transaction_pooler("postgres://app@db:5432/app")
+    ///     .build()
+    ///     .await?;
+    /// # let _ = provider;
+    /// # Ok(()) }
+    /// ```
+    pub fn transaction_pooler(mut self, direct_url: impl Into<String>) -> Self {
+        self.options.direct_url = Some(direct_url.into());
+        self
+    }
+
     /// Apply pending migrations on start ([`MigrationMode::Apply`], the
     /// default) or only verify that the schema has exactly this build's
     /// migrations ([`MigrationMode::Verify`]). Either way a schema migrated
@@ -315,23 +350,56 @@ impl PostgresProviderBuilder {
     pub async fn build(self) -> Result<PostgresProvider> {
         let Self { url, options } = self;
         options.validate()?;
-        let connector = pool::Connector::new(&url, &options)?;
+        let (pooled, direct) = match &options.direct_url {
+            None => {
+                let direct = pool::Connector::new(&url, &options, pool::Route::Direct)?;
+                (direct.clone(), direct)
+            }
+            Some(direct_url) => (
+                pool::Connector::new(&url, &options, pool::Route::TransactionPooler)?,
+                pool::Connector::new(direct_url, &options, pool::Route::Direct)?,
+            ),
+        };
         migrate::run(
-            &connector,
+            &direct,
             &options.schema,
             options.migrations,
             options.admin_call_timeout,
         )
         .await?;
         observe::describe();
-        let db = pool::Db::new(&connector, &options);
+        let db = pool::Db::new(&pooled, &options);
+        if options.direct_url.is_some() {
+            probe_pooler(&db).await?;
+        }
         Ok(PostgresProvider {
             db,
             options,
-            connector,
+            direct,
             wakeups: std::sync::OnceLock::new(),
             worker_waiters: Default::default(),
             unsettled_acks: Default::default(),
         })
     }
+}
+
+/// Runs one empty call through a transaction pooler, so a pooler that
+/// refuses transactions (statement pooling) fails [`build`] with a clear
+/// error instead of the first call.
+///
+/// [`build`]: PostgresProviderBuilder::build
+async fn probe_pooler(db: &pool::Db) -> Result<()> {
+    let probe = async {
+        db.lease(pool::Budget::Admin).await?.finish().await?;
+        Ok::<_, Error>(())
+    };
+    pool::bounded(db, pool::Budget::Admin, probe)
+        .await
+        .map_err(|e| Error::Connect {
+            message: format!(
+                "the transaction pooler did not run a transaction ({e}); a pooler in \
+                 statement mode is not supported: use pool_mode = transaction or session"
+            ),
+            source: Box::new(e),
+        })
 }

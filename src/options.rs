@@ -27,6 +27,9 @@ pub struct Options {
     pub(crate) tcp_user_timeout: Option<Duration>,
     pub(crate) listener_heartbeat: Duration,
     pub(crate) migrations: MigrationMode,
+    /// Set when the provider's URL reaches a transaction pooler: the URL of
+    /// the server itself, for migrations and the LISTEN connection.
+    pub(crate) direct_url: Option<String>,
 }
 
 impl std::fmt::Debug for Options {
@@ -45,6 +48,8 @@ impl std::fmt::Debug for Options {
             .field("tcp_user_timeout", &self.tcp_user_timeout)
             .field("listener_heartbeat", &self.listener_heartbeat)
             .field("migrations", &self.migrations)
+            // The URL may hold a password.
+            .field("transaction_pooler", &self.direct_url.is_some())
             .finish()
     }
 }
@@ -65,6 +70,7 @@ impl Default for Options {
             tcp_user_timeout: Some(Duration::from_secs(10)),
             listener_heartbeat: Duration::from_secs(10),
             migrations: MigrationMode::Apply,
+            direct_url: None,
         }
     }
 }
@@ -123,6 +129,13 @@ impl Options {
     /// `TCP_USER_TIMEOUT` of every connection, if set.
     pub fn tcp_user_timeout(&self) -> Option<Duration> {
         self.tcp_user_timeout
+    }
+
+    /// Whether the provider's URL reaches PostgreSQL through a pooler in
+    /// transaction mode (see
+    /// [`transaction_pooler`](crate::PostgresProviderBuilder::transaction_pooler)).
+    pub fn transaction_pooler(&self) -> bool {
+        self.direct_url.is_some()
     }
 
     /// How often the LISTEN connection proves it is alive.

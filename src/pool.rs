@@ -28,9 +28,12 @@ use std::time::Duration;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use diesel::connection::InstrumentationEvent;
+use diesel::connection::{CacheSize, InstrumentationEvent};
 use diesel_async::pooled_connection::PoolableConnection;
-use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use diesel_async::{
+    AnsiTransactionManager, AsyncConnection, AsyncPgConnection, SimpleAsyncConnection,
+    TransactionManager,
+};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_postgres::NoTls;
@@ -66,21 +69,61 @@ pub(crate) fn session_setup_sql(options: &Options) -> String {
     sql
 }
 
+/// Behind a transaction pooler a session setting would stay with whichever
+/// server connection ran it, so each call opens a transaction that carries
+/// the settings itself (`SET LOCAL`), in the same round trip as `BEGIN`.
+/// `application_name` travels in the startup packet instead, which poolers
+/// forward.
+pub(crate) fn transaction_setup_sql(options: &Options) -> String {
+    let mut sql = format!("BEGIN; SET LOCAL search_path TO \"{}\"", options.schema);
+    if let Some(timeout) = options.statement_timeout {
+        sql.push_str(&format!(
+            "; SET LOCAL statement_timeout = {}",
+            timeout.as_millis()
+        ));
+    }
+    sql
+}
+
+/// How the connections of a [`Connector`] reach PostgreSQL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// Straight to the server (or through a session pooler): settings are
+    /// made once per connection, statements are prepared once and cached.
+    Direct,
+    /// Through a pooler in transaction mode (PgBouncer `pool_mode =
+    /// transaction`): consecutive transactions of one client connection may
+    /// run on different server connections, so nothing is kept between
+    /// calls: no session settings, no cached prepared statements, and each
+    /// call runs in a transaction of its own (see [`transaction_setup_sql`]).
+    TransactionPooler,
+}
+
 /// Everything needed to open a ready connection: used by the pool, the
 /// migrator and the LISTEN connection alike.
 #[derive(Clone)]
 pub(crate) struct Connector {
     config: tokio_postgres::Config,
+    route: Route,
     setup_sql: Arc<str>,
     timeout: Duration,
     tls: Arc<rustls::ClientConfig>,
 }
 
 impl Connector {
-    pub(crate) fn new(url: &str, options: &Options) -> Result<Self> {
+    pub(crate) fn new(url: &str, options: &Options, route: Route) -> Result<Self> {
         let tls = crate::tls::settings(url, options.tls_ca_pem.as_deref())?;
         let mut config = parse_url(&tls.url)?;
         config.ssl_mode(tls.ssl_mode);
+        let setup_sql = match route {
+            Route::Direct => session_setup_sql(options),
+            Route::TransactionPooler => {
+                if let Some(name) = &options.application_name {
+                    config.application_name(name);
+                }
+                String::new()
+            }
+        };
         if let Some(idle) = options.tcp_keepalive {
             // Probes every idle/2, three of them: a silent peer is dropped
             // about 2.5 x idle after the connection last heard from it.
@@ -95,7 +138,8 @@ impl Connector {
         }
         Ok(Self {
             config,
-            setup_sql: session_setup_sql(options).into(),
+            route,
+            setup_sql: setup_sql.into(),
             timeout: options.connect_timeout,
             tls: tls.config,
         })
@@ -118,7 +162,14 @@ impl Connector {
                 message: e.to_string(),
                 source: Box::new(e),
             })?;
-            conn.batch_execute(&self.setup_sql).await?;
+            match self.route {
+                Route::Direct => conn.batch_execute(&self.setup_sql).await?,
+                // A statement prepared in one transaction may be gone in the
+                // next (another server connection): prepare per statement.
+                Route::TransactionPooler => {
+                    conn.set_prepared_statement_cache_size(CacheSize::Disabled)
+                }
+            }
             Ok::<_, Error>(conn)
         };
         tokio::time::timeout(self.timeout, attempt)
@@ -349,6 +400,8 @@ impl bb8::ErrorSink<ManagerError> for FailureSink {
 #[derive(Clone)]
 pub(crate) struct Db {
     pool: bb8::Pool<Manager>,
+    /// Behind a transaction pooler: what opens each call's transaction.
+    begin_sql: Option<Arc<str>>,
     failures: Arc<ConnectFailures>,
     call_timeout: Duration,
     admin_timeout: Duration,
@@ -374,8 +427,11 @@ impl Db {
             .build_unchecked(Manager {
                 connector: connector.clone(),
             });
+        let begin_sql = (connector.route == Route::TransactionPooler)
+            .then(|| transaction_setup_sql(options).into());
         Self {
             pool,
+            begin_sql,
             failures,
             call_timeout: options.call_timeout,
             admin_timeout: options.admin_call_timeout,
@@ -415,7 +471,14 @@ impl Db {
                         conn.set_checked_out(true);
                         waiting.deadline = None;
                         crate::observe::duration(name::POOL_CHECKOUT_WAIT, started.elapsed());
-                        return Ok(Lease { conn, db: self });
+                        let mut lease = Lease { conn, db: self };
+                        if let Some(begin) = &self.begin_sql {
+                            // Fails the call like its statement would; a
+                            // connection it leaves broken is retired on drop.
+                            AnsiTransactionManager::begin_transaction_sql(&mut *lease, begin)
+                                .await?;
+                        }
+                        return Ok(lease);
                     }
                     Err(bb8::RunError::User(ManagerError::Connect(e))) => {
                         last_failure = Some(Arc::new(e));
@@ -484,9 +547,27 @@ impl Drop for CheckoutTimeout {
 
 /// A connection checked out for one call; back to the pool when dropped,
 /// unless it is no longer usable (see [`DbConn::usable`]).
+///
+/// A call ends with [`Lease::finish`]. Directly connected, statements have
+/// committed as they ran and `finish` only returns the connection. Behind a
+/// transaction pooler the call's statements share one transaction, which
+/// `finish` commits; a lease dropped without it (an error, a timeout, a
+/// dropped future) leaves its transaction open, so the connection counts
+/// as broken and is closed, which rolls the transaction back.
 pub(crate) struct Lease<'a> {
     conn: bb8::PooledConnection<'a, Manager>,
     db: &'a Db,
+}
+
+impl Lease<'_> {
+    /// Ends the call: commits its transaction behind a transaction pooler,
+    /// then returns the connection to the pool.
+    pub(crate) async fn finish(mut self) -> Result<()> {
+        if self.db.begin_sql.is_some() {
+            AnsiTransactionManager::commit_transaction(&mut *self).await?;
+        }
+        Ok(())
+    }
 }
 
 impl Drop for Lease<'_> {
@@ -545,7 +626,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_connection_keeps_the_driver_error_as_its_source() {
-        let connector = Connector::new(REFUSED, &Options::default()).unwrap();
+        let connector = Connector::new(REFUSED, &Options::default(), Route::Direct).unwrap();
         let err = connector.connect().await.err().expect("nothing listens");
         assert!(matches!(err, Error::Connect { .. }), "{err}");
         assert!(err.is_retryable() && err.is_before_send());
@@ -562,7 +643,7 @@ mod tests {
             call_timeout: Duration::from_millis(300),
             ..Options::default()
         };
-        let connector = Connector::new(REFUSED, &options).unwrap();
+        let connector = Connector::new(REFUSED, &options, Route::Direct).unwrap();
         let db = Db::new(&connector, &options);
         let err = db.lease(Budget::Call).await.err().expect("nothing listens");
         assert!(matches!(err, Error::Connect { .. }), "{err}");

@@ -378,6 +378,41 @@ async fn cold_call_costs_more_than_warm_call() {
     t.cleanup().await;
 }
 
+/// Through a transaction pooler nothing is kept between calls, so a call
+/// is a transaction of its own: `BEGIN` with the settings, prepare,
+/// execute, `COMMIT`. The count is what the docs of
+/// `PostgresProviderBuilder::transaction_pooler` state.
+#[tokio::test]
+async fn through_a_transaction_pooler_a_call_is_four_round_trips() {
+    let db = TestDb::new().await;
+    let pooler = common::pg_pooler_url();
+    let proxy = Proxy::for_url(&pooler, Duration::ZERO)
+        .await
+        .expect("start proxy");
+    let provider = PostgresProvider::builder(&proxy.url(&pooler))
+        .schema(&db.schema)
+        .transaction_pooler(&db.url)
+        .build()
+        .await
+        .expect("create provider through the pooler");
+    provider
+        .enqueue_for_orchestrator(start_item("warm"), None)
+        .await
+        .expect("warm-up enqueue");
+    let (res, snap) = proxy
+        .measure_snapshot(provider.enqueue_for_orchestrator(start_item("measured"), None))
+        .await;
+    res.expect("enqueue");
+    assert_eq!(snap.connections, 0, "warm-up missed something: {snap:?}");
+    assert_eq!(snap.round_trips, 4, "enqueue through the pooler: {snap:?}");
+    let (res, snap) = proxy.measure_snapshot(provider.read("measured")).await;
+    assert!(res.expect("read").is_empty());
+    assert_eq!(snap.round_trips, 4, "read through the pooler: {snap:?}");
+    drop(provider);
+    drop(proxy);
+    db.cleanup().await;
+}
+
 /// The proxy's delay is real: with 20 ms each way, one round trip takes at
 /// least 40 ms. (Only a lower bound: timings belong in benchmarks.)
 #[tokio::test]

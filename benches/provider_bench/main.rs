@@ -13,7 +13,9 @@
 //!       5-round-trip floor;
 //!   (c) [`dispatch`]: enqueue-to-pickup dispatch latency on an idle runtime;
 //!   (d) [`idle`]: round trips per second sent by an idle runtime;
-//!   (e) [`per_call`]: round trips per hot-path call, each call measured alone.
+//!   (e) [`per_call`]: round trips per hot-path call, each call measured alone;
+//!   (f) [`pooler`]: the stress test at 2:2 directly and through PgBouncer
+//!       in transaction pooling mode, runs interleaved.
 //!
 //! Conditions: the server's durable defaults (fsync, synchronous_commit and
 //! full_page_writes on). Without `DATABASE_URL` the testkit starts a
@@ -35,6 +37,7 @@ mod config;
 mod dispatch;
 mod idle;
 mod per_call;
+mod pooler;
 mod registries;
 mod report;
 mod sequential;
@@ -84,6 +87,7 @@ async fn run(cfg: Config) -> Res<()> {
     run_section!('c', c, dispatch::run(&url, &cfg));
     run_section!('d', d, idle::run(&url, &cfg));
     run_section!('e', e, per_call::run(&url));
+    run_section!('f', f, pooler::run(&url, &cfg));
     targets::print_targets(&results);
     println!(
         "total benchmark time: {:.0} s",

@@ -5,6 +5,7 @@ use std::time::Duration;
 use crate::dispatch::DispatchSummary;
 use crate::idle::IdleSummary;
 use crate::per_call::PerCall;
+use crate::pooler::PoolerSummary;
 use crate::report::{fmt_num, median, percentile, table, verdict};
 use crate::sequential::{FLOOR_RTS_PER_STEP, Path, SeqSummary};
 use crate::stress::StressSummary;
@@ -15,6 +16,7 @@ pub struct Results {
     pub c: Option<DispatchSummary>,
     pub d: Option<IdleSummary>,
     pub e: Option<PerCall>,
+    pub f: Option<PoolerSummary>,
 }
 
 pub fn print_targets(r: &Results) {
@@ -90,6 +92,22 @@ pub fn print_targets(r: &Results) {
             .map(|(ratio, failed)| format!("{}x, {failed} failed", fmt_num(ratio)))
             .unwrap_or_else(|| "n/a".to_owned()),
         verdict(stress.map(|(ratio, failed)| ratio >= 2.0 && failed == 0)).to_owned(),
+    ]);
+
+    let pooled = r.f.as_ref().map(|f| {
+        (
+            median(&f.pooled.orch) / median(&f.direct.orch),
+            f.pooled.failed + f.direct.failed,
+            f.pooled.completed,
+        )
+    });
+    rows.push(vec![
+        "stress at 2:2 through PgBouncer (transaction pooling)".to_owned(),
+        "completes, 0 failed".to_owned(),
+        pooled
+            .map(|(ratio, failed, _)| format!("{}x direct, {failed} failed", fmt_num(ratio)))
+            .unwrap_or_else(|| "n/a".to_owned()),
+        verdict(pooled.map(|(_, failed, completed)| failed == 0 && completed > 0)).to_owned(),
     ]);
 
     table(&["target", "goal", "measured", "verdict"], &rows);

@@ -81,22 +81,26 @@ fn count_arg(v: Option<u32>, what: &str) -> Result<Option<i32>> {
 
 async fn list_instances(p: &PostgresProvider) -> Result<Vec<String>> {
     let mut conn = p.db.lease(Budget::Admin).await?;
-    Ok(instances::table
+    let rows = instances::table
         .order(instances::created_at.desc())
         .select(instances::instance_id)
         .load(&mut conn)
-        .await?)
+        .await?;
+    conn.finish().await?;
+    Ok(rows)
 }
 
 async fn list_instances_by_status(p: &PostgresProvider, status: &str) -> Result<Vec<String>> {
     let mut conn = p.db.lease(Budget::Admin).await?;
-    Ok(instances::table
+    let rows = instances::table
         .inner_join(executions::table.on(current_execution()))
         .filter(executions::status.eq(status))
         .order(instances::created_at.desc())
         .select(instances::instance_id)
         .load(&mut conn)
-        .await?)
+        .await?;
+    conn.finish().await?;
+    Ok(rows)
 }
 
 async fn list_executions(p: &PostgresProvider, instance: &str) -> Result<Vec<u64>> {
@@ -107,6 +111,7 @@ async fn list_executions(p: &PostgresProvider, instance: &str) -> Result<Vec<u64
         .select(executions::execution_id)
         .load(&mut conn)
         .await?;
+    conn.finish().await?;
     ids.into_iter()
         .map(|id| numeric::from_bigint(id, "execution_id"))
         .collect()
@@ -121,6 +126,7 @@ async fn latest_execution_id(p: &PostgresProvider, instance: &str) -> Result<u64
         .select(max(executions::execution_id))
         .get_result(&mut conn)
         .await?;
+    conn.finish().await?;
     latest.map_or(Ok(1), |id| numeric::from_bigint(id, "execution_id"))
 }
 
@@ -157,6 +163,7 @@ async fn instance_info(p: &PostgresProvider, instance: &str) -> Result<InstanceI
         .first(&mut conn)
         .await
         .optional()?;
+    conn.finish().await?;
     let Some(row) = row else {
         return Err(Error::Refused(format!("instance {instance} not found")));
     };
@@ -215,6 +222,7 @@ async fn execution_info(
         .first(&mut conn)
         .await
         .optional()?;
+    conn.finish().await?;
     let Some(row) = row else {
         return Err(Error::Refused(format!(
             "execution {execution_id} of instance {instance} not found"
@@ -265,6 +273,7 @@ async fn system_metrics(p: &PostgresProvider) -> Result<SystemMetrics> {
     ))
     .get_result(&mut conn)
     .await?;
+    conn.finish().await?;
     let n = |v: Option<i64>| numeric::from_bigint(v.unwrap_or(0), "count");
     Ok(SystemMetrics {
         total_instances: n(row.instances)?,
@@ -313,6 +322,7 @@ async fn queue_depths(p: &PostgresProvider) -> Result<QueueDepths> {
     ))
     .get_result(&mut conn)
     .await?;
+    conn.finish().await?;
     let n = |v: Option<i64>| numeric::to_count(v.unwrap_or(0), "queue depth");
     Ok(QueueDepths {
         orchestrator_queue: n(orchestrator_ready)?,
@@ -323,29 +333,33 @@ async fn queue_depths(p: &PostgresProvider) -> Result<QueueDepths> {
 
 async fn list_children(p: &PostgresProvider, instance: &str) -> Result<Vec<String>> {
     let mut conn = p.db.lease(Budget::Admin).await?;
-    Ok(instances::table
+    let rows = instances::table
         .filter(instances::parent_instance_id.eq(instance))
         .order(instances::instance_id.asc())
         .select(instances::instance_id)
         .load(&mut conn)
-        .await?)
+        .await?;
+    conn.finish().await?;
+    Ok(rows)
 }
 
 async fn parent_id(p: &PostgresProvider, instance: &str) -> Result<Option<String>> {
     let mut conn = p.db.lease(Budget::Admin).await?;
-    instances::table
+    let parent = instances::table
         .filter(instances::instance_id.eq(instance))
         .select(instances::parent_instance_id)
         .first(&mut conn)
         .await
-        .optional()?
-        .ok_or_else(|| Error::Refused(format!("instance {instance} not found")))
+        .optional()?;
+    conn.finish().await?;
+    parent.ok_or_else(|| Error::Refused(format!("instance {instance} not found")))
 }
 
 /// The whole tree in one recursive query rather than one round trip per node.
 async fn instance_tree(p: &PostgresProvider, root: &str) -> Result<InstanceTree> {
     let mut conn = p.db.lease(Budget::Admin).await?;
     let all_ids: Vec<String> = select(dx_instance_tree(root)).get_result(&mut conn).await?;
+    conn.finish().await?;
     Ok(InstanceTree {
         root_id: root.to_owned(),
         all_ids,
@@ -361,6 +375,7 @@ async fn delete_tree(
     let doc: Value = select(dx_delete_instance(instance, force))
         .get_result(&mut conn)
         .await?;
+    conn.finish().await?;
     Ok(decode::<DeleteCounts>(doc)?.into())
 }
 
@@ -376,6 +391,7 @@ async fn delete_exact(
     let doc: Value = select(dx_delete_instances(ids, force))
         .get_result(&mut conn)
         .await?;
+    conn.finish().await?;
     Ok(decode::<DeleteCounts>(doc)?.into())
 }
 
@@ -396,6 +412,7 @@ async fn delete_bulk(
     ))
     .get_result(&mut conn)
     .await?;
+    conn.finish().await?;
     Ok(decode::<DeleteCounts>(doc)?.into())
 }
 
@@ -410,6 +427,7 @@ async fn prune(
     let doc: Value = select(dx_prune_executions(instance, keep_last, completed_before))
         .get_result(&mut conn)
         .await?;
+    conn.finish().await?;
     Ok(decode::<PruneCounts>(doc)?.into())
 }
 
@@ -435,6 +453,7 @@ async fn prune_bulk(
     ))
     .get_result(&mut conn)
     .await?;
+    conn.finish().await?;
     Ok(decode::<PruneCounts>(doc)?.into())
 }
 

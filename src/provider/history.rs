@@ -32,6 +32,7 @@ pub(crate) async fn read_latest(p: &PostgresProvider, instance: &str) -> Result<
         .select(history::event_data)
         .load(&mut conn)
         .await?;
+    conn.finish().await?;
     codec::decode_history(rows)
 }
 
@@ -50,6 +51,7 @@ pub(crate) async fn read_execution(
         .select(history::event_data)
         .load(&mut conn)
         .await?;
+    conn.finish().await?;
     codec::decode_history(rows)
 }
 
@@ -84,5 +86,6 @@ pub(crate) async fn append(
         .values(rows)
         .execute(&mut conn)
         .await?;
+    conn.finish().await?;
     Ok(())
 }

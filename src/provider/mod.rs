@@ -42,7 +42,7 @@ impl PostgresProvider {
     fn wakeups(&self) -> &Arc<listener::Wakeups> {
         self.wakeups.get_or_init(|| {
             listener::spawn(
-                self.connector.clone(),
+                self.direct.clone(),
                 listener::Liveness {
                     faults: self.db.faults(),
                     heartbeat: self.options.listener_heartbeat,

@@ -50,7 +50,7 @@ pub(crate) async fn fetch_once(
     ))
     .get_result(&mut conn)
     .await?;
-    drop(conn);
+    conn.finish().await?;
     // A claimed turn that does not decode fails the call: the claim is then
     // released (see `unclaimed`), never mistaken for an idle answer.
     Ok(codec::from_json::<Fetched<ClaimedOrchestration>>(doc, "fetch result")?.map(into_item))
@@ -263,7 +263,7 @@ pub(crate) async fn ack(
     ))
     .get_result(&mut conn)
     .await?;
-    drop(conn);
+    conn.finish().await?;
     let claimed = match codec::from_json::<AckOutcome>(doc, "ack result")? {
         AckOutcome::Committed { claimed } => claimed,
         AckOutcome::LockLost => {
@@ -370,6 +370,7 @@ pub(crate) async fn abandon(
     ))
     .get_result(&mut conn)
     .await?;
+    conn.finish().await?;
     if found { Ok(()) } else { Err(Error::LockLost) }
 }
 
@@ -386,6 +387,7 @@ pub(crate) async fn renew(
     ))
     .get_result(&mut conn)
     .await?;
+    conn.finish().await?;
     if renewed {
         Ok(())
     } else {
@@ -408,5 +410,6 @@ pub(crate) async fn enqueue(
     let _id: i64 = select(dx_enqueue_orchestrator(instance, kind, doc, delay_ms))
         .get_result(&mut conn)
         .await?;
+    conn.finish().await?;
     Ok(())
 }

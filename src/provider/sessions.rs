@@ -32,6 +32,7 @@ pub(crate) async fn renew(
     ))
     .get_result(&mut conn)
     .await?;
+    conn.finish().await?;
     numeric::to_count(renewed, "count of renewed sessions")
 }
 
@@ -47,5 +48,6 @@ pub(crate) async fn cleanup_orphaned(p: &PostgresProvider) -> Result<usize> {
     )
     .execute(&mut conn)
     .await?;
+    conn.finish().await?;
     Ok(removed)
 }

@@ -30,6 +30,7 @@ pub(crate) async fn custom_status(
         .first(&mut conn)
         .await
         .optional()?;
+    conn.finish().await?;
     row.map(|(status, version)| {
         Ok((
             status,
@@ -53,16 +54,18 @@ pub(crate) async fn kv_value(
         .first(&mut conn)
         .await
         .optional()?;
-    if let Some(value) = delta {
-        return Ok(value);
-    }
-    Ok(kv_store::table
-        .filter(kv_store::instance_id.eq(instance))
-        .filter(kv_store::key.eq(key))
-        .select(kv_store::value)
-        .first(&mut conn)
-        .await
-        .optional()?)
+    let value = match delta {
+        Some(value) => value,
+        None => kv_store::table
+            .filter(kv_store::instance_id.eq(instance))
+            .filter(kv_store::key.eq(key))
+            .select(kv_store::value)
+            .first(&mut conn)
+            .await
+            .optional()?,
+    };
+    conn.finish().await?;
+    Ok(value)
 }
 
 /// All keys: the store overlaid with the running execution's changes.
@@ -71,7 +74,9 @@ pub(crate) async fn kv_all(
     instance: &str,
 ) -> Result<HashMap<String, String>> {
     let mut conn = p.db.lease(Budget::Call).await?;
-    kv_merged(&mut conn, instance).await
+    let map = kv_merged(&mut conn, instance).await?;
+    conn.finish().await?;
+    Ok(map)
 }
 
 async fn kv_merged(conn: &mut pool::Lease<'_>, instance: &str) -> Result<HashMap<String, String>> {
@@ -108,6 +113,7 @@ pub(crate) async fn instance_stats(
         .await
         .optional()?
     else {
+        conn.finish().await?;
         return Ok(None);
     };
 
@@ -136,6 +142,7 @@ pub(crate) async fn instance_stats(
     };
 
     let kv = kv_merged(&mut conn, instance).await?;
+    conn.finish().await?;
     Ok(Some(SystemStats {
         history_event_count: events.len() as u64,
         history_size_bytes: history_size_bytes as u64,

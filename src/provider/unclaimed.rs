@@ -91,5 +91,6 @@ async fn release(db: &Db, queue: Queue, token: String) -> Result<(), Error> {
                 .await?
         }
     };
+    conn.finish().await?;
     Ok(())
 }

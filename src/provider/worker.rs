@@ -65,7 +65,7 @@ pub(crate) async fn fetch_once(
     ))
     .get_result(&mut conn)
     .await?;
-    drop(conn);
+    conn.finish().await?;
     match codec::from_json::<Fetched<ClaimedWork>>(doc, "fetch result")? {
         Fetched::Idle { retry_ms } => Ok(Fetched::Idle { retry_ms }),
         Fetched::Claimed(c) => match decode_activity(&c.item) {
@@ -129,7 +129,7 @@ async fn stand_in(p: &PostgresProvider, c: ClaimedWork, error: String) -> Result
         .first(&mut conn)
         .await
         .optional()?;
-    drop(conn);
+    conn.finish().await?;
     let Some((instance, execution_id, activity_id, session_id, tag)) = route else {
         // The lock expired meanwhile and the row moved on: nothing to hand out.
         return Ok(Fetched::Idle { retry_ms: Some(0) });
@@ -205,6 +205,7 @@ pub(crate) async fn ack(
     let done: bool = select(dx_ack_work(token, instance, kind, doc))
         .get_result(&mut conn)
         .await?;
+    conn.finish().await?;
     if done { Ok(()) } else { Err(Error::LockLost) }
 }
 
@@ -259,6 +260,7 @@ pub(crate) async fn renew(p: &PostgresProvider, token: &str, extend_for: Duratio
     let renewed: bool = select(dx_renew_work_lock(token, extend_ms))
         .get_result(&mut conn)
         .await?;
+    conn.finish().await?;
     if renewed {
         Ok(())
     } else {
@@ -278,6 +280,7 @@ pub(crate) async fn abandon(
     let found: bool = select(dx_abandon_work(token, delay_ms, ignore_attempt))
         .get_result(&mut conn)
         .await?;
+    conn.finish().await?;
     if found { Ok(()) } else { Err(Error::LockLost) }
 }
 
@@ -296,5 +299,6 @@ pub(crate) async fn enqueue(p: &PostgresProvider, item: &WorkItem) -> Result<()>
     ))
     .get_result(&mut conn)
     .await?;
+    conn.finish().await?;
     Ok(())
 }

@@ -6,6 +6,8 @@
 //!
 //! * [`pg`]: a PostgreSQL server to run against, `DATABASE_URL` or a
 //!   throwaway local cluster started on demand.
+//! * [`pgbouncer`]: a PgBouncer in transaction pooling mode in front of
+//!   that server.
 //! * [`db`]: one-off SQL on a new connection, schema names and cleanup.
 //! * [`proxy`]: a loopback TCP proxy that counts round trips, adds latency
 //!   and injects network faults.
@@ -29,5 +31,6 @@
 pub mod db;
 pub mod items;
 pub mod pg;
+pub mod pgbouncer;
 pub mod proxy;
 pub mod workload;

@@ -187,7 +187,7 @@ fn ensure_local_cluster(port: u16, durability: Durability) {
         .write(true)
         .open(&lock_path)
         .expect("open setup lock");
-    flock(&lock);
+    lock_file(&lock);
 
     let bin = bindir();
     let data_s = data.to_string_lossy().to_string();
@@ -350,7 +350,9 @@ fn ensure_tls(root: &Path, data: &Path) -> bool {
     true
 }
 
-fn flock(file: &std::fs::File) {
+/// Blocks until this process holds an exclusive lock on `file` (released
+/// when the file is closed).
+pub(crate) fn lock_file(file: &std::fs::File) {
     use std::os::fd::AsRawFd;
     unsafe extern "C" {
         fn flock(fd: i32, operation: i32) -> i32;

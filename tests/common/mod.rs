@@ -19,6 +19,12 @@ use duroxide::provider_validations::ProviderFactory;
 use duroxide::providers::Provider;
 use duroxide_diesel::PostgresProvider;
 
+/// A PgBouncer in transaction pooling mode in front of the test server,
+/// started if needed.
+pub fn pg_pooler_url() -> String {
+    duroxide_diesel_testkit::pgbouncer::transaction_pooler_url()
+}
+
 /// Runs one SQL batch on a new connection (test setup and inspection);
 /// panics on failure.
 pub async fn exec(url: &str, sql: &str) {
@@ -57,6 +63,18 @@ impl TestDb {
             .expect("create provider")
     }
 
+    /// A provider whose calls go through `pooler`, a PgBouncer in
+    /// transaction pooling mode in front of this database's server.
+    pub async fn provider_through(&self, pooler: &str) -> PostgresProvider {
+        PostgresProvider::builder(pooler)
+            .transaction_pooler(&self.url)
+            .schema(&self.schema)
+            .max_connections(8)
+            .build()
+            .await
+            .expect("create provider through the pooler")
+    }
+
     pub async fn cleanup(self) {
         drop_schema(&self.url, &self.schema).await;
     }
@@ -90,6 +108,9 @@ impl TestDb {
 /// timeouts are short so expiry tests finish quickly.
 pub struct Factory {
     url: String,
+    /// Providers reach the server through this PgBouncer (transaction
+    /// pooling), with `url` as their direct URL.
+    pooler: Option<String>,
     schemas: std::sync::Mutex<Vec<String>>,
 }
 
@@ -97,7 +118,17 @@ impl Factory {
     pub async fn new() -> Self {
         Self {
             url: pg::database_url(),
+            pooler: None,
             schemas: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Providers that reach the server through PgBouncer in transaction
+    /// pooling mode (started by the testkit if needed).
+    pub async fn through_pgbouncer() -> Self {
+        Self {
+            pooler: Some(pg_pooler_url()),
+            ..Self::new().await
         }
     }
 
@@ -130,7 +161,10 @@ impl ProviderFactory for Factory {
             url: self.url.clone(),
             schema: unique_schema("dxv"),
         };
-        let provider = db.provider().await;
+        let provider = match &self.pooler {
+            None => db.provider().await,
+            Some(pooler) => db.provider_through(pooler).await,
+        };
         self.schemas.lock().unwrap().push(db.schema);
         Arc::new(provider)
     }
@@ -167,7 +201,9 @@ impl ProviderFactory for Factory {
 }
 
 /// Declares one `#[tokio::test]` per validation function of the `suite`
-/// module in scope, each with a fresh factory.
+/// module in scope, each with a fresh factory, and the same tests again in
+/// a module `through_pgbouncer` whose providers reach the server through
+/// PgBouncer in transaction pooling mode.
 #[macro_export]
 macro_rules! validation_tests {
     ($($name:ident),* $(,)?) => {
@@ -179,5 +215,17 @@ macro_rules! validation_tests {
                 factory.cleanup().await;
             }
         )*
+
+        mod through_pgbouncer {
+            use super::suite;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let factory = $crate::common::Factory::through_pgbouncer().await;
+                    suite::$name(&factory).await;
+                    factory.cleanup().await;
+                }
+            )*
+        }
     };
 }
