@@ -91,14 +91,19 @@ impl PostgresProvider {
                 n.enable();
             }
 
-            // A turn took this waiter: its item is on the way, no query needed.
-            if let (Some(reg), Some(inbox)) = (registration.as_mut(), inbox.as_ref())
+            // A turn took this waiter: its item is on the way, no query
+            // needed. Otherwise the waiter withdraws while it queries: an
+            // item handed over meanwhile would be dropped with the
+            // registration when the query returns an item of its own, and
+            // stay locked until its lock expired. A turn that takes the
+            // waiter just before it withdraws finds it gone and releases
+            // the item (see `handoff`).
+            if let Some(mut reg) = registration.take()
+                && let Some(inbox) = inbox.as_ref()
                 && reg.claimed()
+                && let Some(handed) = reg.handed().await
             {
-                match reg.handed().await {
-                    Some(handed) => return Ok(Some((inbox.convert)(handed))),
-                    None => registration = None,
-                }
+                return Ok(Some((inbox.convert)(handed)));
             }
 
             let retry_ms = match attempt().await {
