@@ -368,10 +368,10 @@ impl PostgresProviderBuilder {
         )
         .await?;
         observe::describe();
-        let db = pool::Db::new(&pooled, &options);
         if options.direct_url.is_some() {
-            probe_pooler(&db).await?;
+            probe_pooler(&pooled).await?;
         }
+        let db = pool::Db::new(&pooled, &options);
         Ok(PostgresProvider {
             db,
             options,
@@ -383,22 +383,21 @@ impl PostgresProviderBuilder {
     }
 }
 
-/// Runs one empty call through a transaction pooler, so a pooler that
-/// refuses transactions (statement pooling) fails [`build`] with a clear
-/// error instead of the first call.
+/// Opens one connection through a transaction pooler, which runs a
+/// transaction (see `pool::Connector::connect`), so a pooler that refuses
+/// transactions (statement pooling) fails [`build`] at once with a clear
+/// error instead of every call retrying until its time limit.
 ///
 /// [`build`]: PostgresProviderBuilder::build
-async fn probe_pooler(db: &pool::Db) -> Result<()> {
-    let probe = async {
-        db.lease(pool::Budget::Admin).await?.finish().await?;
-        Ok::<_, Error>(())
-    };
-    pool::bounded(db, pool::Budget::Admin, probe)
+async fn probe_pooler(pooled: &pool::Connector) -> Result<()> {
+    pooled
+        .connect()
         .await
+        .map(drop)
         .map_err(|e| Error::Connect {
             message: format!(
                 "the transaction pooler did not run a transaction ({e}); a pooler in \
-                 statement mode is not supported: use pool_mode = transaction or session"
+             statement mode is not supported: use pool_mode = transaction or session"
             ),
             source: Box::new(e),
         })

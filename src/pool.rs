@@ -152,22 +152,21 @@ impl Connector {
             let mut conn = if self.config.get_ssl_mode() == SslMode::Disable {
                 let (client, connection) =
                     self.config.connect(NoTls).await.map_err(connect_error)?;
-                AsyncPgConnection::try_from_client_and_connection(client, connection).await
+                self.setup(client, connection).await?
             } else {
                 let tls = MakeRustlsConnect::new((*self.tls).clone());
                 let (client, connection) = self.config.connect(tls).await.map_err(connect_error)?;
-                AsyncPgConnection::try_from_client_and_connection(client, connection).await
-            }
-            .map_err(|e| Error::Connect {
-                message: e.to_string(),
-                source: Box::new(e),
-            })?;
+                self.setup(client, connection).await?
+            };
             match self.route {
                 Route::Direct => conn.batch_execute(&self.setup_sql).await?,
-                // A statement prepared in one transaction may be gone in the
-                // next (another server connection): prepare per statement.
                 Route::TransactionPooler => {
-                    conn.set_prepared_statement_cache_size(CacheSize::Disabled)
+                    // The statements diesel-async prepared while setting up
+                    // are closed here, still inside the setup transaction;
+                    // from now on each statement is prepared inside its
+                    // call's transaction and closed there.
+                    conn.set_prepared_statement_cache_size(CacheSize::Disabled);
+                    conn.batch_execute("COMMIT").await?;
                 }
             }
             Ok::<_, Error>(conn)
@@ -175,6 +174,51 @@ impl Connector {
         tokio::time::timeout(self.timeout, attempt)
             .await
             .map_err(|_| Error::ConnectTimeout(self.timeout))?
+    }
+
+    /// Hands a new client to diesel-async, which sets the session's time
+    /// zone and encoding with two prepared statements that it caches.
+    ///
+    /// Through a transaction pooler each of those could run on another
+    /// server connection and would stay prepared there, where a later
+    /// process (whose statement names start from the same counter) would
+    /// collide with them. So they run inside a transaction opened first:
+    /// one server connection, which [`Connector::connect`] then closes them
+    /// on and commits. PgBouncer records the settings from the server's
+    /// reports and applies them to whichever server connection later serves
+    /// this client.
+    async fn setup<T>(
+        &self,
+        client: tokio_postgres::Client,
+        mut connection: tokio_postgres::Connection<tokio_postgres::Socket, T>,
+    ) -> Result<AsyncPgConnection>
+    where
+        T: tokio_postgres::tls::TlsStream + Unpin + Send + 'static,
+    {
+        if self.route == Route::TransactionPooler {
+            // The connection must be driven for the client's request to
+            // complete; diesel-async takes it over afterwards.
+            let begin = client.batch_execute("BEGIN");
+            let mut begin = std::pin::pin!(begin);
+            tokio::select! {
+                begun = &mut begin => begun.map_err(connect_error)?,
+                ended = &mut connection => {
+                    return Err(match ended {
+                        Err(e) => connect_error(e),
+                        Ok(()) => Error::Connect {
+                            message: "the server closed the connection during setup".into(),
+                            source: "connection closed".into(),
+                        },
+                    });
+                }
+            }
+        }
+        AsyncPgConnection::try_from_client_and_connection(client, connection)
+            .await
+            .map_err(|e| Error::Connect {
+                message: e.to_string(),
+                source: Box::new(e),
+            })
     }
 }
 

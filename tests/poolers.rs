@@ -94,3 +94,78 @@ async fn migrations_and_listen_use_the_direct_url() {
     drop(direct);
     db.cleanup().await;
 }
+
+/// Providers through the pooler, on fresh schemas, for duroxide's stress
+/// test.
+struct ThroughPooler {
+    url: String,
+    pooler: String,
+    schemas: std::sync::Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl duroxide::provider_stress_tests::parallel_orchestrations::ProviderStressFactory
+    for ThroughPooler
+{
+    async fn create_provider(&self) -> std::sync::Arc<dyn Provider> {
+        let schema = common::unique_schema("dxpool");
+        self.schemas.lock().unwrap().push(schema.clone());
+        std::sync::Arc::new(
+            PostgresProvider::builder(&self.pooler)
+                .transaction_pooler(&self.url)
+                .schema(&schema)
+                .build()
+                .await
+                .expect("create provider through the pooler"),
+        )
+    }
+}
+
+/// A busy runtime through the pooler (calls take several round trips, so
+/// races between a waiting worker's own fetch and a turn handing it an
+/// activity are frequent) completes every orchestration, and none of its
+/// activities waits for a lock to expire: the stress test's runtime uses a
+/// 30 s worker lock, and all of it takes a few seconds when nothing is
+/// stranded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_runtime_through_the_pooler_strands_no_activity() {
+    use duroxide::provider_stress_tests::StressTestConfig;
+    use duroxide::provider_stress_tests::parallel_orchestrations::run_parallel_orchestrations_test_with_config;
+
+    // A subscriber of our own, so the runtime does not install its
+    // info-level logging, whose output would slow every call and hide the
+    // races this test is after.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn")
+        .with_test_writer()
+        .try_init();
+    let factory = ThroughPooler {
+        url: common::pg::database_url(),
+        pooler: common::pg_pooler_url(),
+        schemas: Default::default(),
+    };
+    let config = StressTestConfig {
+        max_concurrent: 20,
+        duration_secs: 4,
+        tasks_per_instance: 5,
+        activity_delay_ms: 1,
+        orch_concurrency: 2,
+        worker_concurrency: 2,
+        ..Default::default()
+    };
+    let result = run_parallel_orchestrations_test_with_config(&factory, config)
+        .await
+        .expect("stress test");
+    let schemas = std::mem::take(&mut *factory.schemas.lock().unwrap());
+    for schema in schemas {
+        common::drop_schema(&factory.url, &schema).await;
+    }
+    assert!(result.launched > 0);
+    assert_eq!(result.failed, 0, "{result:?}");
+    assert_eq!(result.completed, result.launched, "{result:?}");
+    assert!(
+        result.total_time < Duration::from_secs(25),
+        "the run took {:?}: an activity waited for its 30 s lock to expire",
+        result.total_time
+    );
+}

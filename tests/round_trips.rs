@@ -29,6 +29,40 @@ struct Proxied {
 }
 
 impl Proxied {
+    /// A provider on `route`, without added delay.
+    async fn on(route: Route) -> Self {
+        match route {
+            Route::Direct => Self::new(Duration::ZERO).await,
+            Route::TransactionPooler => {
+                let db = TestDb::new().await;
+                let pooler = common::pg_pooler_url();
+                let proxy = Proxy::for_url(&pooler, Duration::ZERO)
+                    .await
+                    .expect("start proxy");
+                let provider = PostgresProvider::builder(&proxy.url(&pooler))
+                    .schema(&db.schema)
+                    .transaction_pooler(&db.url)
+                    .build()
+                    .await
+                    .expect("create provider through the pooler");
+                Self {
+                    db,
+                    proxy,
+                    provider,
+                }
+            }
+        }
+    }
+
+    /// Round trips of one warm call on this provider's route.
+    fn per_call(&self) -> u64 {
+        if self.provider.options().transaction_pooler() {
+            4
+        } else {
+            1
+        }
+    }
+
     async fn new(delay: Duration) -> Self {
         let db = TestDb::new().await;
         let proxy = Proxy::for_url(&db.url, delay).await.expect("start proxy");
@@ -115,25 +149,72 @@ impl Proxied {
     }
 }
 
+/// How a [`Proxied`] provider reaches the server.
+#[derive(Clone, Copy)]
+enum Route {
+    Direct,
+    /// Through PgBouncer in transaction pooling mode, the proxy between
+    /// the pool and PgBouncer.
+    TransactionPooler,
+}
+
+/// Each call test runs twice: connected directly (one round trip per call)
+/// and, in `through_pgbouncer`, through PgBouncer in transaction pooling
+/// mode (four: `BEGIN` with the settings, prepare, execute, `COMMIT`, the
+/// count the docs of `PostgresProviderBuilder::transaction_pooler` state).
+/// Both check that the measured call kept its pooled connection.
+macro_rules! on_both_routes {
+    ($($name:ident => $call:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                $call(Route::Direct).await;
+            }
+        )*
+
+        mod through_pgbouncer {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$call(super::Route::TransactionPooler).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_routes!(
+    enqueue_for_orchestrator_is_one_round_trip => enqueue_for_orchestrator_call,
+    fetch_orchestration_item_is_one_round_trip => fetch_orchestration_item_call,
+    ack_orchestration_item_is_one_round_trip => ack_orchestration_item_call,
+    abandon_orchestration_item_is_one_round_trip => abandon_orchestration_item_call,
+    renew_orchestration_item_lock_is_one_round_trip => renew_orchestration_item_lock_call,
+    enqueue_for_worker_is_one_round_trip => enqueue_for_worker_call,
+    fetch_work_item_is_one_round_trip => fetch_work_item_call,
+    ack_work_item_is_one_round_trip => ack_work_item_call,
+    abandon_work_item_is_one_round_trip => abandon_work_item_call,
+    renew_work_item_lock_is_one_round_trip => renew_work_item_lock_call,
+    read_is_one_round_trip => read_call,
+    empty_fetches_are_one_round_trip => empty_fetches_call,
+);
+
 // ---------------------------------------------------------------------------
 // Orchestrator queue
 
-#[tokio::test]
-async fn enqueue_for_orchestrator_is_one_round_trip() {
-    let t = Proxied::new(Duration::ZERO).await;
+async fn enqueue_for_orchestrator_call(route: Route) {
+    let t = Proxied::on(route).await;
     t.enqueue_start("warm").await;
 
     let (res, rt) = t
         .measure(t.p().enqueue_for_orchestrator(start_item("measured"), None))
         .await;
     res.expect("enqueue");
-    assert_eq!(rt, 1, "enqueue_for_orchestrator round trips");
+    assert_eq!(rt, t.per_call(), "enqueue_for_orchestrator round trips");
     t.cleanup().await;
 }
 
-#[tokio::test]
-async fn fetch_orchestration_item_is_one_round_trip() {
-    let t = Proxied::new(Duration::ZERO).await;
+async fn fetch_orchestration_item_call(route: Route) {
+    let t = Proxied::on(route).await;
     t.enqueue_start("warm").await;
     t.enqueue_start("measured").await;
     t.fetch_orchestration().await;
@@ -143,13 +224,12 @@ async fn fetch_orchestration_item_is_one_round_trip() {
         .await;
     let (item, _, _) = res.expect("fetch").expect("an item is ready");
     assert_eq!(item.instance, "measured");
-    assert_eq!(rt, 1, "fetch_orchestration_item round trips");
+    assert_eq!(rt, t.per_call(), "fetch_orchestration_item round trips");
     t.cleanup().await;
 }
 
-#[tokio::test]
-async fn empty_fetches_are_one_round_trip() {
-    let t = Proxied::new(Duration::ZERO).await;
+async fn empty_fetches_call(route: Route) {
+    let t = Proxied::on(route).await;
     let empty_orchestration = || t.p().fetch_orchestration_item(LOCK, Duration::ZERO, None);
     let empty_work = || {
         t.p()
@@ -160,31 +240,33 @@ async fn empty_fetches_are_one_round_trip() {
 
     let (res, rt) = t.measure(empty_orchestration()).await;
     assert!(res.expect("fetch").is_none());
-    assert_eq!(rt, 1, "empty fetch_orchestration_item round trips");
+    assert_eq!(
+        rt,
+        t.per_call(),
+        "empty fetch_orchestration_item round trips"
+    );
 
     let (res, rt) = t.measure(empty_work()).await;
     assert!(res.expect("fetch").is_none());
-    assert_eq!(rt, 1, "empty fetch_work_item round trips");
+    assert_eq!(rt, t.per_call(), "empty fetch_work_item round trips");
     t.cleanup().await;
 }
 
-#[tokio::test]
-async fn ack_orchestration_item_is_one_round_trip() {
-    let t = Proxied::new(Duration::ZERO).await;
+async fn ack_orchestration_item_call(route: Route) {
+    let t = Proxied::on(route).await;
     t.create_instance("warm").await;
     t.enqueue_start("measured").await;
     let (_, token, _) = t.fetch_orchestration().await;
 
     let (res, rt) = t.measure(ack_first_turn(t.p(), "measured", &token)).await;
     res.expect("ack");
-    assert_eq!(rt, 1, "ack_orchestration_item round trips");
+    assert_eq!(rt, t.per_call(), "ack_orchestration_item round trips");
     assert_eq!(t.p().read("measured").await.expect("read").len(), 1);
     t.cleanup().await;
 }
 
-#[tokio::test]
-async fn abandon_orchestration_item_is_one_round_trip() {
-    let t = Proxied::new(Duration::ZERO).await;
+async fn abandon_orchestration_item_call(route: Route) {
+    let t = Proxied::on(route).await;
     t.enqueue_start("i").await;
     let (_, token, _) = t.fetch_orchestration().await;
     t.p()
@@ -198,13 +280,12 @@ async fn abandon_orchestration_item_is_one_round_trip() {
         .measure(t.p().abandon_orchestration_item(&token, None, false))
         .await;
     res.expect("abandon");
-    assert_eq!(rt, 1, "abandon_orchestration_item round trips");
+    assert_eq!(rt, t.per_call(), "abandon_orchestration_item round trips");
     t.cleanup().await;
 }
 
-#[tokio::test]
-async fn renew_orchestration_item_lock_is_one_round_trip() {
-    let t = Proxied::new(Duration::ZERO).await;
+async fn renew_orchestration_item_lock_call(route: Route) {
+    let t = Proxied::on(route).await;
     t.enqueue_start("i").await;
     let (_, token, _) = t.fetch_orchestration().await;
     t.p()
@@ -216,27 +297,29 @@ async fn renew_orchestration_item_lock_is_one_round_trip() {
         .measure(t.p().renew_orchestration_item_lock(&token, LOCK))
         .await;
     res.expect("renew");
-    assert_eq!(rt, 1, "renew_orchestration_item_lock round trips");
+    assert_eq!(
+        rt,
+        t.per_call(),
+        "renew_orchestration_item_lock round trips"
+    );
     t.cleanup().await;
 }
 
 // ---------------------------------------------------------------------------
 // Worker queue
 
-#[tokio::test]
-async fn enqueue_for_worker_is_one_round_trip() {
-    let t = Proxied::new(Duration::ZERO).await;
+async fn enqueue_for_worker_call(route: Route) {
+    let t = Proxied::on(route).await;
     t.enqueue_activity("i", 1).await;
 
     let (res, rt) = t.measure(t.p().enqueue_for_worker(activity("i", 2))).await;
     res.expect("enqueue");
-    assert_eq!(rt, 1, "enqueue_for_worker round trips");
+    assert_eq!(rt, t.per_call(), "enqueue_for_worker round trips");
     t.cleanup().await;
 }
 
-#[tokio::test]
-async fn fetch_work_item_is_one_round_trip() {
-    let t = Proxied::new(Duration::ZERO).await;
+async fn fetch_work_item_call(route: Route) {
+    let t = Proxied::on(route).await;
     t.enqueue_activity("i", 1).await;
     t.enqueue_activity("i", 2).await;
     t.fetch_work().await;
@@ -249,13 +332,12 @@ async fn fetch_work_item_is_one_round_trip() {
         .await;
     let (item, _, _) = res.expect("fetch").expect("an item is ready");
     assert!(matches!(item, WorkItem::ActivityExecute { id: 2, .. }));
-    assert_eq!(rt, 1, "fetch_work_item round trips");
+    assert_eq!(rt, t.per_call(), "fetch_work_item round trips");
     t.cleanup().await;
 }
 
-#[tokio::test]
-async fn ack_work_item_is_one_round_trip() {
-    let t = Proxied::new(Duration::ZERO).await;
+async fn ack_work_item_call(route: Route) {
+    let t = Proxied::on(route).await;
     t.create_instance("i").await;
     t.enqueue_activity("i", 1).await;
     t.enqueue_activity("i", 2).await;
@@ -270,13 +352,12 @@ async fn ack_work_item_is_one_round_trip() {
         .measure(t.p().ack_work_item(&token, Some(completion("i", 2))))
         .await;
     res.expect("ack");
-    assert_eq!(rt, 1, "ack_work_item round trips");
+    assert_eq!(rt, t.per_call(), "ack_work_item round trips");
     t.cleanup().await;
 }
 
-#[tokio::test]
-async fn abandon_work_item_is_one_round_trip() {
-    let t = Proxied::new(Duration::ZERO).await;
+async fn abandon_work_item_call(route: Route) {
+    let t = Proxied::on(route).await;
     t.enqueue_activity("i", 1).await;
     let (_, token, _) = t.fetch_work().await;
     t.p()
@@ -290,13 +371,12 @@ async fn abandon_work_item_is_one_round_trip() {
         .measure(t.p().abandon_work_item(&token, None, false))
         .await;
     res.expect("abandon");
-    assert_eq!(rt, 1, "abandon_work_item round trips");
+    assert_eq!(rt, t.per_call(), "abandon_work_item round trips");
     t.cleanup().await;
 }
 
-#[tokio::test]
-async fn renew_work_item_lock_is_one_round_trip() {
-    let t = Proxied::new(Duration::ZERO).await;
+async fn renew_work_item_lock_call(route: Route) {
+    let t = Proxied::on(route).await;
     t.enqueue_activity("i", 1).await;
     let (_, token, _) = t.fetch_work().await;
     t.p()
@@ -306,22 +386,21 @@ async fn renew_work_item_lock_is_one_round_trip() {
 
     let (res, rt) = t.measure(t.p().renew_work_item_lock(&token, LOCK)).await;
     res.expect("renew");
-    assert_eq!(rt, 1, "renew_work_item_lock round trips");
+    assert_eq!(rt, t.per_call(), "renew_work_item_lock round trips");
     t.cleanup().await;
 }
 
 // ---------------------------------------------------------------------------
 // History
 
-#[tokio::test]
-async fn read_is_one_round_trip() {
-    let t = Proxied::new(Duration::ZERO).await;
+async fn read_call(route: Route) {
+    let t = Proxied::on(route).await;
     t.create_instance("i").await;
     t.p().read("i").await.expect("warm read");
 
     let (res, rt) = t.measure(t.p().read("i")).await;
     assert_eq!(res.expect("read").len(), 1);
-    assert_eq!(rt, 1, "read round trips");
+    assert_eq!(rt, t.per_call(), "read round trips");
     t.cleanup().await;
 }
 
@@ -378,41 +457,6 @@ async fn cold_call_costs_more_than_warm_call() {
     t.cleanup().await;
 }
 
-/// Through a transaction pooler nothing is kept between calls, so a call
-/// is a transaction of its own: `BEGIN` with the settings, prepare,
-/// execute, `COMMIT`. The count is what the docs of
-/// `PostgresProviderBuilder::transaction_pooler` state.
-#[tokio::test]
-async fn through_a_transaction_pooler_a_call_is_four_round_trips() {
-    let db = TestDb::new().await;
-    let pooler = common::pg_pooler_url();
-    let proxy = Proxy::for_url(&pooler, Duration::ZERO)
-        .await
-        .expect("start proxy");
-    let provider = PostgresProvider::builder(&proxy.url(&pooler))
-        .schema(&db.schema)
-        .transaction_pooler(&db.url)
-        .build()
-        .await
-        .expect("create provider through the pooler");
-    provider
-        .enqueue_for_orchestrator(start_item("warm"), None)
-        .await
-        .expect("warm-up enqueue");
-    let (res, snap) = proxy
-        .measure_snapshot(provider.enqueue_for_orchestrator(start_item("measured"), None))
-        .await;
-    res.expect("enqueue");
-    assert_eq!(snap.connections, 0, "warm-up missed something: {snap:?}");
-    assert_eq!(snap.round_trips, 4, "enqueue through the pooler: {snap:?}");
-    let (res, snap) = proxy.measure_snapshot(provider.read("measured")).await;
-    assert!(res.expect("read").is_empty());
-    assert_eq!(snap.round_trips, 4, "read through the pooler: {snap:?}");
-    drop(provider);
-    drop(proxy);
-    db.cleanup().await;
-}
-
 /// The proxy's delay is real: with 20 ms each way, one round trip takes at
 /// least 40 ms. (Only a lower bound: timings belong in benchmarks.)
 #[tokio::test]
@@ -426,7 +470,7 @@ async fn delayed_read_takes_at_least_one_rtt() {
     let (res, rt) = t.measure(t.p().read("i")).await;
     let elapsed = started.elapsed();
     assert_eq!(res.expect("read").len(), 1);
-    assert_eq!(rt, 1, "read round trips with delay");
+    assert_eq!(rt, t.per_call(), "read round trips with delay");
     assert!(
         elapsed >= 2 * delay,
         "one round trip with {delay:?} each way took only {elapsed:?}"
