@@ -207,13 +207,23 @@ mod long_polling {
     use duroxide::provider_validations::ProviderFactory;
     use duroxide::provider_validations::long_polling as suite;
 
+    /// How the provider reaches the server.
+    #[derive(Clone, Copy)]
+    enum Route {
+        Direct,
+        ThroughPgBouncer,
+    }
+
     /// Runs a long-polling test on the factory's provider (long polling on).
-    async fn run<F, Fut>(test: F)
+    async fn run<F, Fut>(route: Route, test: F)
     where
         F: FnOnce(std::sync::Arc<dyn duroxide::providers::Provider>, std::time::Duration) -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
-        let factory = crate::common::Factory::new().await;
+        let factory = match route {
+            Route::Direct => crate::common::Factory::new().await,
+            Route::ThroughPgBouncer => crate::common::Factory::through_pgbouncer().await,
+        };
         let provider = factory.create_provider().await;
         test(provider.clone(), factory.short_poll_threshold()).await;
         drop(provider);
@@ -223,14 +233,21 @@ mod long_polling {
     /// Runs a short-poll test: these assert that a provider without long
     /// polling ignores the poll timeout, so the provider is built with
     /// long polling switched off.
-    async fn run_short<F, Fut>(test: F)
+    async fn run_short<F, Fut>(route: Route, test: F)
     where
         F: FnOnce(std::sync::Arc<dyn duroxide::providers::Provider>, std::time::Duration) -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
         let factory = crate::common::Factory::new().await;
         let db = crate::common::TestDb::new().await;
-        let provider = duroxide_diesel::PostgresProvider::builder(&db.url)
+        let builder = match route {
+            Route::Direct => duroxide_diesel::PostgresProvider::builder(&db.url),
+            Route::ThroughPgBouncer => {
+                duroxide_diesel::PostgresProvider::builder(&crate::common::pg_pooler_url())
+                    .transaction_pooler(&db.url)
+            }
+        };
+        let provider = builder
             .schema(&db.schema)
             .long_polling(false)
             .build()
@@ -244,34 +261,56 @@ mod long_polling {
         db.cleanup().await;
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn test_short_poll_returns_immediately() {
-        run_short(|p, t| async move { suite::test_short_poll_returns_immediately(&*p, t).await })
-            .await;
+    /// One test per long-polling validation function, on `$route`.
+    macro_rules! long_polling_tests {
+        ($route:expr) => {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn test_short_poll_returns_immediately() {
+                run_short($route, |p, t| async move {
+                    suite::test_short_poll_returns_immediately(&*p, t).await
+                })
+                .await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn test_short_poll_work_item_returns_immediately() {
+                run_short($route, |p, t| async move {
+                    suite::test_short_poll_work_item_returns_immediately(&*p, t).await
+                })
+                .await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn test_long_poll_waits_for_timeout() {
+                run($route, |p, _| async move {
+                    suite::test_long_poll_waits_for_timeout(&*p).await
+                })
+                .await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn test_long_poll_work_item_waits_for_timeout() {
+                run($route, |p, _| async move {
+                    suite::test_long_poll_work_item_waits_for_timeout(&*p).await
+                })
+                .await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn test_fetch_respects_timeout_upper_bound() {
+                run($route, |p, _| async move {
+                    suite::test_fetch_respects_timeout_upper_bound(&*p).await
+                })
+                .await;
+            }
+        };
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn test_short_poll_work_item_returns_immediately() {
-        run_short(|p, t| async move {
-            suite::test_short_poll_work_item_returns_immediately(&*p, t).await
-        })
-        .await;
-    }
+    long_polling_tests!(Route::Direct);
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn test_long_poll_waits_for_timeout() {
-        run(|p, _| async move { suite::test_long_poll_waits_for_timeout(&*p).await }).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn test_long_poll_work_item_waits_for_timeout() {
-        run(|p, _| async move { suite::test_long_poll_work_item_waits_for_timeout(&*p).await })
-            .await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn test_fetch_respects_timeout_upper_bound() {
-        run(|p, _| async move { suite::test_fetch_respects_timeout_upper_bound(&*p).await }).await;
+    mod through_pgbouncer {
+        use super::{Route, run, run_short, suite};
+        long_polling_tests!(Route::ThroughPgBouncer);
     }
 }
 
@@ -360,24 +399,36 @@ mod race_replay {
         test_legacy_queue_race_decision_preserved,
     );
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn test_continue_as_new_transition_delivery_legacy_stamp() {
-        let factory = crate::common::Factory::new().await;
-        duroxide::provider_validations::race_replay::test_continue_as_new_transition_delivery(
-            &factory, "0.1.30",
-        )
-        .await;
-        factory.cleanup().await;
+    /// `test_continue_as_new_transition_delivery` with the legacy and the
+    /// current version stamp.
+    macro_rules! transition_delivery_tests {
+        ($factory:path) => {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn test_continue_as_new_transition_delivery_legacy_stamp() {
+                let factory = $factory().await;
+                duroxide::provider_validations::race_replay::test_continue_as_new_transition_delivery(
+                    &factory, "0.1.30",
+                )
+                .await;
+                factory.cleanup().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn test_continue_as_new_transition_delivery_new_stamp() {
+                let factory = $factory().await;
+                duroxide::provider_validations::race_replay::test_continue_as_new_transition_delivery(
+                    &factory, "0.1.31",
+                )
+                .await;
+                factory.cleanup().await;
+            }
+        };
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn test_continue_as_new_transition_delivery_new_stamp() {
-        let factory = crate::common::Factory::new().await;
-        duroxide::provider_validations::race_replay::test_continue_as_new_transition_delivery(
-            &factory, "0.1.31",
-        )
-        .await;
-        factory.cleanup().await;
+    transition_delivery_tests!(crate::common::Factory::new);
+
+    mod transition_through_pgbouncer {
+        transition_delivery_tests!(crate::common::Factory::through_pgbouncer);
     }
 }
 

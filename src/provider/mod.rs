@@ -159,7 +159,14 @@ impl PostgresProvider {
             }
             tokio::select! {
                 _ = async { if let Some(n) = notified.as_mut().as_pin_mut() { n.await } } => {}
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep(wait) => {
+                    // Out of time: return now rather than after one more
+                    // query, so the call ends at its poll timeout. The
+                    // caller's next fetch looks again.
+                    if Instant::now() >= deadline {
+                        return Ok(None);
+                    }
+                }
                 handed = async {
                     match registration.as_mut() {
                         Some(reg) => reg.handed().await,
