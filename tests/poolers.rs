@@ -1,4 +1,4 @@
-//! Connection poolers. duroxide's whole validation suite also runs through
+//! Connection poolers. duroxide's validation suite also runs through
 //! PgBouncer in transaction pooling mode (tests/validation.rs, the modules
 //! whose names end in `through_pgbouncer`); these tests cover what it does not: which
 //! connections bypass the pooler, and the refusal of statement pooling.

@@ -389,14 +389,21 @@ mod race_replay {
     use duroxide::provider_validations::race_replay as suite;
     crate::validation_tests!(
         test_duplicate_start_preserves_pinned_handler,
-        test_continue_as_new_unregistered_backoff,
         test_continue_as_new_poisoned_successor_is_own_execution,
         test_continue_as_new_duplicate_start,
         test_queue_race_cancellation_replay,
         test_continue_as_new_queue_race_replay,
         test_queue_replay_version_stamp_roundtrip,
         test_positional_wait_race_replay,
-        test_legacy_queue_race_decision_preserved,
+        test_legacy_queue_race_decision_preserved;
+        // Takes "my fetch found nothing" as proof that a runtime fetching
+        // at the same time has claimed and committed, then stops that
+        // runtime. Through a transaction pooler the runtime's claim is
+        // committed three round trips after it was taken (prepare, execute,
+        // COMMIT follow BEGIN), and a runtime stopped in between rolls it
+        // back, so the start is visible again and the test's next assertion
+        // fails on timing, not on a lost or duplicated item.
+        direct only: test_continue_as_new_unregistered_backoff,
     );
 
     /// `test_continue_as_new_transition_delivery` with the legacy and the

@@ -204,8 +204,22 @@ impl ProviderFactory for Factory {
 /// module in scope, each with a fresh factory, and the same tests again in
 /// a module `through_pgbouncer` whose providers reach the server through
 /// PgBouncer in transaction pooling mode.
+///
+/// Names after `direct only:` run directly only, each with the reason it
+/// cannot pass through a transaction pooler written where it is listed.
 #[macro_export]
 macro_rules! validation_tests {
+    ($($name:ident),* $(,)?; direct only: $($direct:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $direct() {
+                let factory = $crate::common::Factory::new().await;
+                suite::$direct(&factory).await;
+                factory.cleanup().await;
+            }
+        )*
+        $crate::validation_tests!($($name),*);
+    };
     ($($name:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
