@@ -16,6 +16,10 @@
 //!   was dropped half-way (it timed out, or the caller's future was dropped)
 //!   is closed instead of reused, since a reply may still be in flight on it
 //!   or its peer may be gone.
+//! * **Nothing is left behind on a transaction pooler's server
+//!   connections.** Behind PgBouncer in transaction mode (see [`Route`])
+//!   every call is one transaction that carries its own settings, and every
+//!   statement is prepared and closed inside it; [`Lease::finish`] commits.
 //! * **Failures before the statement is sent are retried.** When opening a
 //!   connection fails, a checkout retries with backoff until its budget runs
 //!   out, and only then reports the last failure: nothing was sent, so this
