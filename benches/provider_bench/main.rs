@@ -15,7 +15,9 @@
 //!   (d) [`idle`]: round trips per second sent by an idle runtime;
 //!   (e) [`per_call`]: round trips per hot-path call, each call measured alone;
 //!   (f) [`pooler`]: the stress test at 2:2 directly and through PgBouncer
-//!       in transaction pooling mode, runs interleaved.
+//!       in transaction pooling mode, runs interleaved;
+//!   (g) [`history_length`]: ms and bytes over the wire per step of chains
+//!       of 20, 200 and 1000 activities (turn cost against history length).
 //!
 //! Conditions: the server's durable defaults (fsync, synchronous_commit and
 //! full_page_writes on). Without `DATABASE_URL` the testkit starts a
@@ -35,6 +37,7 @@
 mod conditions;
 mod config;
 mod dispatch;
+mod history_length;
 mod idle;
 mod per_call;
 mod pooler;
@@ -88,6 +91,7 @@ async fn run(cfg: Config) -> Res<()> {
     run_section!('d', d, idle::run(&url, &cfg));
     run_section!('e', e, per_call::run(&url));
     run_section!('f', f, pooler::run(&url, &cfg));
+    run_section!('g', g, history_length::run(&url, &cfg));
     targets::print_targets(&results);
     println!(
         "total benchmark time: {:.0} s",

@@ -1,4 +1,4 @@
-//! The orchestrations and activity of the runtime sections (b), (c), (d).
+//! The orchestrations and activity of the runtime sections (b), (c), (d), (g).
 
 use duroxide::runtime::registry::ActivityRegistry;
 use duroxide::{ActivityContext, OrchestrationContext, OrchestrationRegistry};
@@ -21,6 +21,16 @@ pub fn orchestrations() -> OrchestrationRegistry {
             "Seq20",
             |ctx: OrchestrationContext, _input: String| async move {
                 for i in 0..STEPS {
+                    ctx.schedule_activity("Noop", i.to_string()).await?;
+                }
+                Ok("done".to_owned())
+            },
+        )
+        .register(
+            "SeqN",
+            |ctx: OrchestrationContext, input: String| async move {
+                let steps: u32 = input.parse().map_err(|e| format!("steps: {e}"))?;
+                for i in 0..steps {
                     ctx.schedule_activity("Noop", i.to_string()).await?;
                 }
                 Ok("done".to_owned())

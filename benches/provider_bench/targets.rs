@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::dispatch::DispatchSummary;
+use crate::history_length::HistorySummary;
 use crate::idle::IdleSummary;
 use crate::per_call::PerCall;
 use crate::pooler::PoolerSummary;
@@ -17,6 +18,7 @@ pub struct Results {
     pub d: Option<IdleSummary>,
     pub e: Option<PerCall>,
     pub f: Option<PoolerSummary>,
+    pub g: Option<HistorySummary>,
 }
 
 pub fn print_targets(r: &Results) {
@@ -108,6 +110,23 @@ pub fn print_targets(r: &Results) {
             .map(|(ratio, failed, _)| format!("{}x direct, {failed} failed", fmt_num(ratio)))
             .unwrap_or_else(|| "n/a".to_owned()),
         verdict(pooled.map(|(_, failed, completed)| failed == 0 && completed > 0)).to_owned(),
+    ]);
+
+    // Issue 11's target for the provider's share; this measures the whole
+    // wire traffic per step, which is the provider's (every byte is a
+    // provider call), not yet server time.
+    let growth = r.g.as_ref().and_then(|g| {
+        let first = g.rows.first()?;
+        let last = g.rows.last()?;
+        Some((last.0, first.0, last.2 / first.2))
+    });
+    rows.push(vec![
+        "bytes from server per step, longest chain vs 20 steps".to_owned(),
+        "<= 2x".to_owned(),
+        growth
+            .map(|(n, n0, x)| format!("{}x ({n} vs {n0} steps)", fmt_num(x)))
+            .unwrap_or_else(|| "n/a".to_owned()),
+        verdict(growth.map(|(_, _, x)| x <= 2.0)).to_owned(),
     ]);
 
     table(&["target", "goal", "measured", "verdict"], &rows);
