@@ -54,16 +54,23 @@ pub(crate) fn parse_url(url: &str) -> Result<tokio_postgres::Config> {
     tokio_postgres::Config::from_str(url).map_err(|e| Error::InvalidUrl(e.to_string()))
 }
 
-/// The statements every new connection runs once: pin the provider schema
-/// first in `search_path` and apply the session options.
-pub(crate) fn session_setup_sql(options: &Options) -> String {
-    let mut sql = format!("SET search_path TO \"{}\"", options.schema);
+/// `search_path` (the provider schema first) and `statement_timeout`, set
+/// with `verb`: `SET` or `SET LOCAL`.
+fn settings_sql(options: &Options, verb: &str) -> String {
+    let mut sql = format!("{verb} search_path TO \"{}\"", options.schema);
     if let Some(timeout) = options.statement_timeout {
         sql.push_str(&format!(
-            "; SET statement_timeout = {}",
+            "; {verb} statement_timeout = {}",
             timeout.as_millis()
         ));
     }
+    sql
+}
+
+/// The statements every new connection runs once: pin the provider schema
+/// first in `search_path` and apply the session options.
+pub(crate) fn session_setup_sql(options: &Options) -> String {
+    let mut sql = settings_sql(options, "SET");
     if let Some(name) = &options.application_name {
         sql.push_str(&format!(
             "; SET application_name = '{}'",
@@ -79,14 +86,7 @@ pub(crate) fn session_setup_sql(options: &Options) -> String {
 /// `application_name` travels in the startup packet instead, which poolers
 /// forward.
 pub(crate) fn transaction_setup_sql(options: &Options) -> String {
-    let mut sql = format!("BEGIN; SET LOCAL search_path TO \"{}\"", options.schema);
-    if let Some(timeout) = options.statement_timeout {
-        sql.push_str(&format!(
-            "; SET LOCAL statement_timeout = {}",
-            timeout.as_millis()
-        ));
-    }
-    sql
+    format!("BEGIN; {}", settings_sql(options, "SET LOCAL"))
 }
 
 /// How the connections of a [`Connector`] reach PostgreSQL.

@@ -95,32 +95,6 @@ async fn migrations_and_listen_use_the_direct_url() {
     db.cleanup().await;
 }
 
-/// Providers through the pooler, on fresh schemas, for duroxide's stress
-/// test.
-struct ThroughPooler {
-    url: String,
-    pooler: String,
-    schemas: std::sync::Mutex<Vec<String>>,
-}
-
-#[async_trait::async_trait]
-impl duroxide::provider_stress_tests::parallel_orchestrations::ProviderStressFactory
-    for ThroughPooler
-{
-    async fn create_provider(&self) -> std::sync::Arc<dyn Provider> {
-        let schema = common::unique_schema("dxpool");
-        self.schemas.lock().unwrap().push(schema.clone());
-        std::sync::Arc::new(
-            PostgresProvider::builder(&self.pooler)
-                .transaction_pooler(&self.url)
-                .schema(&schema)
-                .build()
-                .await
-                .expect("create provider through the pooler"),
-        )
-    }
-}
-
 /// A busy runtime through the pooler (calls take several round trips, so
 /// races between a waiting worker's own fetch and a turn handing it an
 /// activity are frequent) completes every orchestration, and none of its
@@ -139,11 +113,7 @@ async fn a_busy_runtime_through_the_pooler_strands_no_activity() {
         .with_env_filter("warn")
         .with_test_writer()
         .try_init();
-    let factory = ThroughPooler {
-        url: common::pg::database_url(),
-        pooler: common::pg_pooler_url(),
-        schemas: Default::default(),
-    };
+    let factory = common::Factory::through_pgbouncer().await;
     let config = StressTestConfig {
         max_concurrent: 20,
         duration_secs: 4,
@@ -156,10 +126,7 @@ async fn a_busy_runtime_through_the_pooler_strands_no_activity() {
     let result = run_parallel_orchestrations_test_with_config(&factory, config)
         .await
         .expect("stress test");
-    let schemas = std::mem::take(&mut *factory.schemas.lock().unwrap());
-    for schema in schemas {
-        common::drop_schema(&factory.url, &schema).await;
-    }
+    factory.cleanup().await;
     assert!(result.launched > 0);
     assert_eq!(result.failed, 0, "{result:?}");
     assert_eq!(result.completed, result.launched, "{result:?}");

@@ -31,27 +31,7 @@ struct Proxied {
 impl Proxied {
     /// A provider on `route`, without added delay.
     async fn on(route: Route) -> Self {
-        match route {
-            Route::Direct => Self::new(Duration::ZERO).await,
-            Route::TransactionPooler => {
-                let db = TestDb::new().await;
-                let pooler = common::pg_pooler_url();
-                let proxy = Proxy::for_url(&pooler, Duration::ZERO)
-                    .await
-                    .expect("start proxy");
-                let provider = PostgresProvider::builder(&proxy.url(&pooler))
-                    .schema(&db.schema)
-                    .transaction_pooler(&db.url)
-                    .build()
-                    .await
-                    .expect("create provider through the pooler");
-                Self {
-                    db,
-                    proxy,
-                    provider,
-                }
-            }
-        }
+        Self::with(route, Duration::ZERO).await
     }
 
     /// Round trips of one warm call on this provider's route.
@@ -63,11 +43,25 @@ impl Proxied {
         }
     }
 
+    /// Directly connected, the proxy adding `delay` each way.
     async fn new(delay: Duration) -> Self {
+        Self::with(Route::Direct, delay).await
+    }
+
+    /// The proxy sits between the pool and the server, or PgBouncer.
+    async fn with(route: Route, delay: Duration) -> Self {
         let db = TestDb::new().await;
-        let proxy = Proxy::for_url(&db.url, delay).await.expect("start proxy");
-        let provider = PostgresProvider::builder(&proxy.url(&db.url))
-            .schema(&db.schema)
+        let target = match route {
+            Route::Direct => db.url.clone(),
+            Route::TransactionPooler => common::pg_pooler_url(),
+        };
+        let proxy = Proxy::for_url(&target, delay).await.expect("start proxy");
+        let builder = PostgresProvider::builder(&proxy.url(&target)).schema(&db.schema);
+        let builder = match route {
+            Route::Direct => builder,
+            Route::TransactionPooler => builder.transaction_pooler(&db.url),
+        };
+        let provider = builder
             .build()
             .await
             .expect("create provider through the proxy");

@@ -1,17 +1,13 @@
 //! (c) enqueue-to-pickup dispatch latency on an idle runtime.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use duroxide::Client;
-use duroxide::providers::Provider;
-use duroxide::runtime::{self, RuntimeOptions};
+use duroxide::runtime::RuntimeOptions;
 
 use crate::config::{Config, progress};
-use crate::registries::{activities, orchestrations};
 use crate::report::{fmt_num, ms, percentile, table};
-use crate::setup::{build_pg, new_schema};
-use crate::tap::Tap;
+use crate::setup::tapped_runtime;
 use crate::{Res, WAIT};
 pub struct DispatchSummary {
     pub from_return: Vec<f64>,
@@ -19,16 +15,7 @@ pub struct DispatchSummary {
 
 pub async fn run(url: &str, cfg: &Config) -> Res<DispatchSummary> {
     progress(format!("(c) dispatch latency, {} samples", cfg.samples));
-    let schema = new_schema("dispatch");
-    let provider: Arc<dyn Provider> = Arc::new(build_pg(url, &schema).await?);
-    let tap = Tap::new(provider);
-    let rt = runtime::Runtime::start_with_options(
-        tap.clone(),
-        activities(),
-        orchestrations(),
-        RuntimeOptions::default(),
-    )
-    .await;
+    let (tap, rt) = tapped_runtime(url, "dispatch", None, RuntimeOptions::default()).await?;
     let client = Client::new(tap.clone());
 
     let outcome = async {

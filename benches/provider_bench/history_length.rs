@@ -4,18 +4,14 @@
 //! step (both directions). Each turn and each history read ship the whole
 //! history today, so bytes per step grow with N.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use duroxide::Client;
-use duroxide::providers::Provider;
-use duroxide::runtime::{self, RuntimeOptions};
+use duroxide::runtime::RuntimeOptions;
 
 use crate::config::{Config, progress};
-use crate::registries::{activities, orchestrations};
 use crate::report::{fmt_num, list, median, ms, table};
-use crate::setup::{build_pg, new_schema, start_proxy};
-use crate::tap::Tap;
+use crate::setup::{start_proxy, tapped_runtime};
 use crate::{Res, WAIT};
 
 /// One measured chain of `steps` activities.
@@ -26,21 +22,8 @@ struct Sample {
 }
 
 async fn chain_once(url: &str, steps: u32) -> Res<Sample> {
-    let schema = new_schema("hist");
     let host = start_proxy(url, Duration::ZERO).await?;
-    let provider: Arc<dyn Provider> = Arc::new(build_pg(&host.proxy().url(url), &schema).await?);
-    let tap = Tap::new(provider);
-    {
-        let h = Arc::clone(&host);
-        let _ = tap.probe.set(Box::new(move || h.proxy().snapshot()));
-    }
-    let rt = runtime::Runtime::start_with_options(
-        tap.clone(),
-        activities(),
-        orchestrations(),
-        RuntimeOptions::default(),
-    )
-    .await;
+    let (tap, rt) = tapped_runtime(url, "hist", Some(&host), RuntimeOptions::default()).await?;
     let client = Client::new(tap.clone());
     let outcome = async {
         // Warm-up: opens the pooled connections and prepares the statements.

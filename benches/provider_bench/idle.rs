@@ -1,17 +1,13 @@
 //! (d) round trips per second sent by an idle runtime.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use duroxide::providers::Provider;
-use duroxide::runtime::{self, RuntimeOptions};
+use duroxide::runtime::RuntimeOptions;
 
 use crate::Res;
 use crate::config::{Config, progress};
-use crate::registries::{activities, orchestrations};
 use crate::report::{fmt_num, table};
-use crate::setup::{build_pg, new_schema, start_proxy};
-use crate::tap::Tap;
+use crate::setup::{start_proxy, tapped_runtime};
 pub struct IdleSummary {
     pub qps: f64,
 }
@@ -21,21 +17,13 @@ pub async fn run(url: &str, cfg: &Config) -> Res<IdleSummary> {
         "(d) idle runtime, {:?} warm-up + {} s window",
         cfg.idle_warmup, cfg.idle_secs
     ));
-    let schema = new_schema("idle");
     let host = start_proxy(url, Duration::ZERO).await?;
-    let provider: Arc<dyn Provider> = Arc::new(build_pg(&host.proxy().url(url), &schema).await?);
-    let tap = Tap::new(provider);
-    let rt = runtime::Runtime::start_with_options(
-        tap.clone(),
-        activities(),
-        orchestrations(),
-        RuntimeOptions {
-            orchestration_concurrency: 1,
-            worker_concurrency: 1,
-            ..Default::default()
-        },
-    )
-    .await;
+    let options = RuntimeOptions {
+        orchestration_concurrency: 1,
+        worker_concurrency: 1,
+        ..Default::default()
+    };
+    let (tap, rt) = tapped_runtime(url, "idle", Some(&host), options).await?;
     tokio::time::sleep(cfg.idle_warmup).await;
     let before = tap.calls();
     host.proxy().reset();

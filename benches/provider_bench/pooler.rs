@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use duroxide::provider_stress_tests::StressTestConfig;
 use duroxide::provider_stress_tests::parallel_orchestrations::{
     ProviderStressFactory, run_parallel_orchestrations_test_with_config,
 };
@@ -17,7 +16,7 @@ use crate::Res;
 use crate::config::{Config, progress};
 use crate::report::{fmt_num, list, median, table};
 use crate::setup::new_schema;
-use crate::stress::StressCell;
+use crate::stress::{StressCell, stress_config};
 
 /// Providers on fresh schemas, through `pooler` when given.
 struct Factory {
@@ -64,15 +63,7 @@ pub async fn run(url: &str, cfg: &Config) -> Res<PoolerSummary> {
         url: url.to_owned(),
         pooler: Some(pooler),
     };
-    let config = StressTestConfig {
-        max_concurrent: 20,
-        duration_secs: cfg.stress_secs,
-        tasks_per_instance: 5,
-        activity_delay_ms: 1,
-        orch_concurrency: 2,
-        worker_concurrency: 2,
-        ..Default::default()
-    };
+    let config = stress_config(cfg, (2, 2));
     let mut summary = PoolerSummary {
         direct: StressCell::default(),
         pooled: StressCell::default(),
@@ -86,11 +77,7 @@ pub async fn run(url: &str, cfg: &Config) -> Res<PoolerSummary> {
             let result = run_parallel_orchestrations_test_with_config(factory, config.clone())
                 .await
                 .map_err(|e| format!("stress test {label}: {e}"))?;
-            cell.orch.push(result.orch_throughput);
-            cell.act.push(result.activity_throughput);
-            cell.launched += result.launched;
-            cell.completed += result.completed;
-            cell.failed += result.failed;
+            cell.add(&result);
         }
     }
     println!(

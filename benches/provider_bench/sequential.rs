@@ -2,18 +2,16 @@
 //! step, directly and through the delay proxy, with round trips per step
 //! against the five-round-trip floor.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use duroxide::Client;
-use duroxide::providers::Provider;
-use duroxide::runtime::{self, RuntimeOptions};
+use duroxide::runtime::RuntimeOptions;
 
 use crate::config::{Config, progress};
-use crate::registries::{STEPS, activities, orchestrations};
+use crate::registries::STEPS;
 use crate::report::{fmt_num, list, median, ms, table};
-use crate::setup::{build_pg, new_schema, probe_rtt, start_proxy};
-use crate::tap::{Calls, Tap};
+use crate::setup::{probe_rtt, start_proxy, tapped_runtime};
+use crate::tap::Calls;
 use crate::{Res, WAIT};
 
 /// Round trips per sequential step that no provider can avoid: fetch and ack
@@ -52,7 +50,6 @@ struct SeqSample {
 }
 
 async fn sequential_once(url: &str, path: Path) -> Res<SeqSample> {
-    let schema = new_schema("seq");
     let host = match path {
         Path::Direct => None,
         Path::Proxy(d) => Some(start_proxy(url, d).await?),
@@ -61,19 +58,7 @@ async fn sequential_once(url: &str, path: Path) -> Res<SeqSample> {
         .as_ref()
         .map_or_else(|| url.to_owned(), |h| h.proxy().url(url));
     let probe_rtt_ms = probe_rtt(&purl, 10).await?;
-    let provider: Arc<dyn Provider> = Arc::new(build_pg(&purl, &schema).await?);
-    let tap = Tap::new(provider);
-    if let Some(h) = &host {
-        let h = Arc::clone(h);
-        let _ = tap.probe.set(Box::new(move || h.proxy().snapshot()));
-    }
-    let rt = runtime::Runtime::start_with_options(
-        tap.clone(),
-        activities(),
-        orchestrations(),
-        RuntimeOptions::default(),
-    )
-    .await;
+    let (tap, rt) = tapped_runtime(url, "seq", host.as_ref(), RuntimeOptions::default()).await?;
     let client = Client::new(tap.clone());
 
     let outcome = async {

@@ -6,13 +6,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use duroxide::providers::Provider;
+use duroxide::runtime::{Runtime, RuntimeOptions};
 use duroxide_diesel::PostgresProvider;
 use duroxide_diesel_testkit::db;
 use duroxide_diesel_testkit::proxy::ProxyThread;
 
 use crate::Res;
 use crate::config::progress;
+use crate::registries::{activities, orchestrations};
 use crate::report::{median, ms};
+use crate::tap::Tap;
 
 /// Schemas and temp files created by this run, removed at the end.
 static SCHEMAS: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -36,6 +40,28 @@ pub async fn build_pg(url: &str, schema: &str) -> Res<PostgresProvider> {
         .build()
         .await
         .map_err(|e| format!("build PostgresProvider ({schema}): {e}"))
+}
+
+/// A provider on a fresh schema tagged `tag`, reached at `url` directly or
+/// through `proxy` (whose counts then feed the tap), wrapped in a [`Tap`]
+/// and driven by a runtime of the benchmark's registries with `options`.
+pub async fn tapped_runtime(
+    url: &str,
+    tag: &str,
+    proxy: Option<&Arc<ProxyThread>>,
+    options: RuntimeOptions,
+) -> Res<(Arc<Tap>, Arc<Runtime>)> {
+    let schema = new_schema(tag);
+    let purl = proxy.map_or_else(|| url.to_owned(), |h| h.proxy().url(url));
+    let provider: Arc<dyn Provider> = Arc::new(build_pg(&purl, &schema).await?);
+    let tap = Tap::new(provider);
+    if let Some(h) = proxy {
+        let h = Arc::clone(h);
+        let _ = tap.probe.set(Box::new(move || h.proxy().snapshot()));
+    }
+    let rt =
+        Runtime::start_with_options(tap.clone(), activities(), orchestrations(), options).await;
+    Ok((tap, rt))
 }
 
 /// Drops the run's schemas and removes its SQLite files.

@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use duroxide::provider_stress_tests::StressTestConfig;
 use duroxide::provider_stress_tests::parallel_orchestrations::{
     ProviderStressFactory, run_parallel_orchestrations_test_with_config,
 };
+use duroxide::provider_stress_tests::{StressTestConfig, StressTestResult};
 use duroxide::providers::Provider;
 use duroxide::providers::sqlite::SqliteProvider;
 
@@ -57,6 +57,31 @@ pub struct StressCell {
     pub failed: usize,
 }
 
+impl StressCell {
+    /// Adds one run's result.
+    pub fn add(&mut self, result: &StressTestResult) {
+        self.orch.push(result.orch_throughput);
+        self.act.push(result.activity_throughput);
+        self.launched += result.launched;
+        self.completed += result.completed;
+        self.failed += result.failed;
+    }
+}
+
+/// The stress test every section runs: 20 concurrent orchestrations of 5
+/// activities of 1 ms, for `cfg.stress_secs`, at orch:worker `conc`.
+pub fn stress_config(cfg: &Config, conc: (usize, usize)) -> StressTestConfig {
+    StressTestConfig {
+        max_concurrent: 20,
+        duration_secs: cfg.stress_secs,
+        tasks_per_instance: 5,
+        activity_delay_ms: 1,
+        orch_concurrency: conc.0,
+        worker_concurrency: conc.1,
+        ..Default::default()
+    }
+}
+
 pub struct StressSummary {
     /// (orch, worker) -> (pg, sqlite)
     pub cells: Vec<((usize, usize), StressCell, StressCell)>,
@@ -73,15 +98,7 @@ pub async fn run(url: &str, cfg: &Config) -> Res<StressSummary> {
     };
     for run in 0..cfg.runs {
         for (conc, pg_cell, sqlite_cell) in cells.iter_mut() {
-            let config = StressTestConfig {
-                max_concurrent: 20,
-                duration_secs: cfg.stress_secs,
-                tasks_per_instance: 5,
-                activity_delay_ms: 1,
-                orch_concurrency: conc.0,
-                worker_concurrency: conc.1,
-                ..Default::default()
-            };
+            let config = stress_config(cfg, *conc);
             for (label, cell) in [("PostgreSQL", &mut *pg_cell), ("SQLite", &mut *sqlite_cell)] {
                 progress(format!(
                     "(a) {label} {}:{} run {}/{}",
@@ -97,11 +114,7 @@ pub async fn run(url: &str, cfg: &Config) -> Res<StressSummary> {
                     run_parallel_orchestrations_test_with_config(&pg, config.clone()).await
                 }
                 .map_err(|e| format!("stress test on {label}: {e}"))?;
-                cell.orch.push(result.orch_throughput);
-                cell.act.push(result.activity_throughput);
-                cell.launched += result.launched;
-                cell.completed += result.completed;
-                cell.failed += result.failed;
+                cell.add(&result);
             }
         }
     }

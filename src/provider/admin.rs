@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::numeric;
 use crate::observe::{Call, Report, observe};
 use crate::pool::{Budget, bounded};
-use crate::schema::{executions, history, instances, orchestrator_queue, worker_queue};
+use crate::schema::{executions, history, instances};
 use crate::sql::documents::{AdminOutcome, DeleteCounts, PruneCounts};
 use crate::sql::procedures::*;
 
@@ -291,43 +291,17 @@ async fn system_metrics(p: &PostgresProvider) -> Result<SystemMetrics> {
 /// `worker_queue` count what a fetch could take now; `timer_queue` counts
 /// unlocked messages of either queue scheduled for later (durable timers and
 /// retries delayed by an abandon), which are not ready work. Locked messages
-/// (being processed) are in none of them. One statement, one snapshot.
+/// (being processed) are in none of them. Read by
+/// [`PostgresProvider::queue_status`]: one statement, one snapshot.
 async fn queue_depths(p: &PostgresProvider) -> Result<QueueDepths> {
-    use diesel::dsl::now;
-    let mut conn = p.db.lease(Budget::Admin).await?;
-    use orchestrator_queue as oq;
-    use worker_queue as wq;
-    let (orchestrator_ready, worker_ready, orchestrator_later, worker_later): (
-        Option<i64>,
-        Option<i64>,
-        Option<i64>,
-        Option<i64>,
-    ) = select((
-        oq::table
-            .filter(oq::lock_token.is_null().and(oq::visible_at.le(now)))
-            .count()
-            .single_value(),
-        wq::table
-            .filter(wq::lock_token.is_null().and(wq::visible_at.le(now)))
-            .count()
-            .single_value(),
-        oq::table
-            .filter(oq::lock_token.is_null().and(oq::visible_at.gt(now)))
-            .count()
-            .single_value(),
-        wq::table
-            .filter(wq::lock_token.is_null().and(wq::visible_at.gt(now)))
-            .count()
-            .single_value(),
-    ))
-    .get_result(&mut conn)
-    .await?;
-    conn.finish().await?;
-    let n = |v: Option<i64>| numeric::to_count(v.unwrap_or(0), "queue depth");
+    let status = p.queue_status().await?;
+    let n = |v: u64| {
+        usize::try_from(v).map_err(|_| Error::Data(format!("queue depth {v} out of range")))
+    };
     Ok(QueueDepths {
-        orchestrator_queue: n(orchestrator_ready)?,
-        worker_queue: n(worker_ready)?,
-        timer_queue: n(orchestrator_later)? + n(worker_later)?,
+        orchestrator_queue: n(status.orchestrator.ready)?,
+        worker_queue: n(status.worker.ready)?,
+        timer_queue: n(status.orchestrator.scheduled)? + n(status.worker.scheduled)?,
     })
 }
 

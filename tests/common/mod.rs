@@ -200,6 +200,14 @@ impl ProviderFactory for Factory {
     }
 }
 
+/// duroxide's stress tests take providers from the same factory.
+#[async_trait::async_trait]
+impl duroxide::provider_stress_tests::parallel_orchestrations::ProviderStressFactory for Factory {
+    async fn create_provider(&self) -> Arc<dyn Provider> {
+        ProviderFactory::create_provider(self).await
+    }
+}
+
 /// Declares one `#[tokio::test]` per validation function of the `suite`
 /// module in scope, each with a fresh factory, and the same tests again in
 /// a module `through_pgbouncer` whose providers reach the server through
