@@ -200,7 +200,7 @@ impl PostgresProvider {
         F: FnOnce(String) -> Fut,
         Fut: std::future::Future<Output = Result<A>>,
     {
-        let claim = Claim::new(&self.db, queue);
+        let claim = Claim::fetch(&self.db, queue);
         let started = Instant::now();
         let result = bounded(&self.db, Budget::Call, fetch(claim.token().to_owned())).await;
         // Per statement, not per call: a long poll's waiting is not latency.

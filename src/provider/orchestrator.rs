@@ -13,7 +13,7 @@ use duroxide::{Event, EventKind};
 use serde_json::Value;
 
 use super::codec;
-use super::unclaimed::{Claim, Queue};
+use super::unclaimed::Claim;
 use crate::PostgresProvider;
 use crate::error::{Error, Result};
 use crate::numeric;
@@ -234,7 +234,7 @@ pub(crate) async fn ack(
     };
     // The claimed activity's token is chosen here: if this call's outcome
     // is unknown, or the waiter is gone, the lock is released at once.
-    let unclaimed = claim.as_ref().map(|_| Claim::new(&p.db, Queue::Worker));
+    let unclaimed = claim.as_ref().map(|_| Claim::handoff(&p.db));
     let claim_doc = match claim.as_ref().zip(unclaimed.as_ref()) {
         Some((c, u)) => Some(codec::to_json(&WorkerClaim {
             index: i64::try_from(c.index)

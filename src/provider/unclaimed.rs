@@ -9,6 +9,15 @@
 //! taken under it, that release finds nothing and changes nothing. If the
 //! release overtakes a statement that is still running on the server and
 //! commits later, that lock expires on its own, as before.
+//!
+//! A fetch's lock comes back after [`FETCH_RELEASE_PAUSE`], not at once:
+//! its caller dropped the fetch, most often a runtime that is stopping
+//! (duroxide races its fetches against shutdown), and the item should not be
+//! offered again while that runtime is still winding down. An activity
+//! claimed for a local worker that left is released at once: nobody was
+//! stopping.
+
+use std::time::Duration;
 
 use diesel::dsl::select;
 use diesel_async::RunQueryDsl;
@@ -29,6 +38,10 @@ pub(crate) fn new_token() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
+/// How long the lock of a fetch whose outcome is unknown stays hidden
+/// after its release (see the module docs): far below any lock timeout.
+pub(crate) const FETCH_RELEASE_PAUSE: Duration = Duration::from_secs(1);
+
 /// A token about to be used to take a lock; releases it on drop unless
 /// settled.
 pub(crate) struct Claim {
@@ -36,16 +49,27 @@ pub(crate) struct Claim {
     queue: Queue,
     token: String,
     settled: bool,
+    /// Visibility delay of the release.
+    pause: Duration,
 }
 
 impl Claim {
-    pub(crate) fn new(db: &Db, queue: Queue) -> Self {
+    /// The token of a fetch.
+    pub(crate) fn fetch(db: &Db, queue: Queue) -> Self {
         Self {
             db: db.clone(),
             queue,
             token: new_token(),
             settled: false,
+            pause: FETCH_RELEASE_PAUSE,
         }
+    }
+
+    /// The token of an activity a turn claims for a waiting local worker.
+    pub(crate) fn handoff(db: &Db) -> Self {
+        let mut claim = Self::fetch(db, Queue::Worker);
+        claim.pause = Duration::ZERO;
+        claim
     }
 
     pub(crate) fn token(&self) -> &str {
@@ -68,8 +92,9 @@ impl Drop for Claim {
             return;
         };
         let (db, queue, token) = (self.db.clone(), self.queue, std::mem::take(&mut self.token));
+        let pause = self.pause;
         handle.spawn(async move {
-            let released = bounded(&db, Budget::Call, release(&db, queue, token)).await;
+            let released = bounded(&db, Budget::Call, release(&db, queue, token, pause)).await;
             if let Err(e) = released {
                 tracing::debug!(error = %e, ?queue, "could not release a lock of unknown outcome; it expires on its own");
             }
@@ -77,16 +102,17 @@ impl Drop for Claim {
     }
 }
 
-async fn release(db: &Db, queue: Queue, token: String) -> Result<(), Error> {
+async fn release(db: &Db, queue: Queue, token: String, pause: Duration) -> Result<(), Error> {
+    let pause_ms = crate::numeric::duration_ms(pause, "release pause")?;
     let mut conn = db.lease(Budget::Call).await?;
     let _found: bool = match queue {
         Queue::Orchestrator => {
-            select(dx_abandon_orchestration(token, 0, true))
+            select(dx_abandon_orchestration(token, pause_ms, true))
                 .get_result(&mut conn)
                 .await?
         }
         Queue::Worker => {
-            select(dx_abandon_work(token, 0, true))
+            select(dx_abandon_work(token, pause_ms, true))
                 .get_result(&mut conn)
                 .await?
         }
