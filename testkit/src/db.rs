@@ -35,9 +35,26 @@ pub async fn execute(url: &str, sql: &str) -> Result<(), Error> {
 }
 
 /// Drops `schema` and everything in it, if it exists.
+///
+/// A provider that was just dropped may still be finishing a statement on
+/// that schema (for example releasing the lock of a fetch its stopping
+/// runtime abandoned), which can deadlock with the drop; the server aborts
+/// one of the two, so a failed drop is tried again, up to five times.
 pub async fn drop_schema(url: &str, schema: &str) -> Result<(), Error> {
     let quoted = schema.replace('"', "\"\"");
-    execute(url, &format!("DROP SCHEMA IF EXISTS \"{quoted}\" CASCADE")).await
+    let sql = format!("SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS \"{quoted}\" CASCADE");
+    let mut attempt = 1;
+    loop {
+        match execute(url, &sql).await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < 5 => {
+                eprintln!("drop schema {schema} (attempt {attempt}) failed: {e}; trying again");
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// The first column of the first row of `query` as text (`None` for no row
