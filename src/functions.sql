@@ -56,7 +56,7 @@ BEGIN
 END
 $function$;
 
-CREATE OR REPLACE FUNCTION duroxide.dx_ack_orchestration(p_token text, p_execution_id bigint, p_history jsonb, p_worker_items jsonb, p_orchestrator_items jsonb, p_metadata jsonb, p_custom_status jsonb, p_kv_ops jsonb, p_cancelled jsonb, p_claim jsonb)
+CREATE OR REPLACE FUNCTION duroxide.dx_ack_orchestration(p_token text, p_execution_id bigint, p_history jsonb, p_worker_items jsonb, p_orchestrator_items jsonb, p_metadata jsonb, p_custom_status jsonb, p_kv_ops jsonb, p_cancelled jsonb, p_claim jsonb, p_reader text)
  RETURNS jsonb
  LANGUAGE plpgsql
  SET search_path TO 'duroxide'
@@ -78,6 +78,7 @@ DECLARE
     v_claim_ms    BIGINT;
     v_op          RECORD;
     v_cancel      RECORD;
+    v_last        BIGINT;
 BEGIN
     SELECT instance_id INTO v_instance FROM instance_locks WHERE lock_token = p_token;
     IF NOT FOUND THEN
@@ -119,16 +120,6 @@ BEGIN
                 orchestration_version = EXCLUDED.orchestration_version;
     END IF;
 
-    INSERT INTO executions (instance_id, execution_id)
-    VALUES (v_instance, p_execution_id)
-    ON CONFLICT DO NOTHING;
-
-    IF v_major IS NOT NULL THEN
-        UPDATE executions
-        SET pinned_major = v_major, pinned_minor = v_minor, pinned_patch = v_patch
-        WHERE instance_id = v_instance AND execution_id = p_execution_id;
-    END IF;
-
     UPDATE instances
     SET current_execution_id = greatest(current_execution_id, p_execution_id),
         updated_at = pg_catalog.now(),
@@ -141,11 +132,28 @@ BEGIN
     SELECT v_instance, p_execution_id, h.event_id, h.event_type, h.event
     FROM pg_catalog.jsonb_to_recordset(p_history) AS h(event_id BIGINT, event_type TEXT, event JSONB);
 
-    IF v_status IS NOT NULL THEN
-        UPDATE executions
-        SET status = v_status, output = v_output, completed_at = pg_catalog.now()
-        WHERE instance_id = v_instance AND execution_id = p_execution_id;
-    END IF;
+    -- One write of the execution row per turn: its status and pinned
+    -- version when the turn sets them, and which provider (p_reader) holds
+    -- the history up to this turn, under this turn's token, so its next
+    -- fetch of the execution is sent only the events after it.
+    SELECT pg_catalog.max(event_id) INTO v_last
+    FROM history WHERE instance_id = v_instance AND execution_id = p_execution_id;
+    INSERT INTO executions AS x (instance_id, execution_id, status, output, completed_at,
+                                 pinned_major, pinned_minor, pinned_patch,
+                                 turn_reader, turn_token, turn_last_event)
+    VALUES (v_instance, p_execution_id, coalesce(v_status, 'Running'::TEXT), v_output,
+            CASE WHEN v_status IS NOT NULL THEN pg_catalog.now() END,
+            v_major, v_minor, v_patch, p_reader, p_token, v_last)
+    ON CONFLICT (instance_id, execution_id) DO UPDATE
+        SET status = CASE WHEN v_status IS NULL THEN x.status ELSE EXCLUDED.status END,
+            output = CASE WHEN v_status IS NULL THEN x.output ELSE EXCLUDED.output END,
+            completed_at = CASE WHEN v_status IS NULL THEN x.completed_at ELSE EXCLUDED.completed_at END,
+            pinned_major = CASE WHEN v_major IS NULL THEN x.pinned_major ELSE EXCLUDED.pinned_major END,
+            pinned_minor = CASE WHEN v_major IS NULL THEN x.pinned_minor ELSE EXCLUDED.pinned_minor END,
+            pinned_patch = CASE WHEN v_major IS NULL THEN x.pinned_patch ELSE EXCLUDED.pinned_patch END,
+            turn_reader = EXCLUDED.turn_reader,
+            turn_token = EXCLUDED.turn_token,
+            turn_last_event = EXCLUDED.turn_last_event;
 
     FOR v_op IN SELECT k.op, k.key, k.value, k.ts
                 FROM pg_catalog.jsonb_to_recordset(p_kv_ops) AS k(op TEXT, key TEXT, value TEXT, ts BIGINT)
@@ -235,7 +243,8 @@ BEGIN
                   WHERE instance_id = v_instance AND visible_at <= pg_catalog.now()) THEN
         PERFORM pg_catalog.pg_notify(dx_notify_channel(), 'o'::TEXT);
     END IF;
-    RETURN pg_catalog.jsonb_build_object('result'::TEXT, 'committed'::TEXT, 'claimed'::TEXT, v_claim);
+    RETURN pg_catalog.jsonb_build_object('result'::TEXT, 'committed'::TEXT, 'claimed'::TEXT, v_claim,
+                                         'instance'::TEXT, v_instance, 'last_event_id'::TEXT, v_last);
 END
 $function$;
 
@@ -468,7 +477,7 @@ BEGIN
 END
 $function$;
 
-CREATE OR REPLACE FUNCTION duroxide.dx_fetch_orchestration(p_token text, p_lock_ms bigint, p_min_version integer[], p_max_version integer[])
+CREATE OR REPLACE FUNCTION duroxide.dx_fetch_orchestration(p_token text, p_lock_ms bigint, p_min_version integer[], p_max_version integer[], p_reader text)
  RETURNS jsonb
  LANGUAGE plpgsql
  SET search_path TO 'duroxide'
@@ -487,6 +496,9 @@ DECLARE
     v_kv       JSONB := '{}'::JSONB;
     v_skipped  TEXT[] := '{}'::TEXT[];
     v_busy     BOOLEAN := FALSE;
+    v_reader   TEXT;
+    v_base_tok TEXT;
+    v_base     BIGINT;
 BEGIN
     LOOP
         SELECT q.instance_id INTO v_instance
@@ -593,9 +605,22 @@ BEGIN
         -- handling once the attempts run out.
         BEGIN
             IF v_exists THEN
+                -- A caller whose provider committed this execution's last
+                -- turn holds its history up to that turn (validated on its
+                -- side by the turn's token and last event id): it is sent
+                -- only the events after it.
+                SELECT x.turn_reader, x.turn_token, x.turn_last_event
+                INTO v_reader, v_base_tok, v_base
+                FROM executions x WHERE x.instance_id = v_instance AND x.execution_id = v_exec;
+                IF p_reader IS NULL OR v_reader IS DISTINCT FROM p_reader
+                   OR v_base_tok IS NULL OR v_base IS NULL THEN
+                    v_base_tok := NULL;
+                    v_base := NULL;
+                END IF;
                 SELECT coalesce(pg_catalog.jsonb_agg(event_data ORDER BY event_id), '[]')
                 INTO v_history
-                FROM history WHERE instance_id = v_instance AND execution_id = v_exec;
+                FROM history WHERE instance_id = v_instance AND execution_id = v_exec
+                  AND event_id > coalesce(v_base, (-1)::BIGINT);
 
                 SELECT coalesce(pg_catalog.jsonb_object_agg(key, pg_catalog.jsonb_build_array(value, last_updated_at_ms)),
                                 '{}')
@@ -614,6 +639,9 @@ BEGIN
                 'attempt_count'::TEXT, v_attempts,
                 'messages'::TEXT, v_messages,
                 'history'::TEXT, v_history,
+                'history_base'::TEXT, CASE WHEN v_base IS NOT NULL THEN
+                    pg_catalog.jsonb_build_object('token'::TEXT, v_base_tok,
+                                                  'last_event_id'::TEXT, v_base) END,
                 'kv'::TEXT, v_kv);
         EXCEPTION WHEN program_limit_exceeded OR query_canceled THEN
             RETURN pg_catalog.jsonb_build_object(
@@ -703,6 +731,21 @@ BEGIN
 
     RETURN pg_catalog.jsonb_build_object('result'::TEXT, 'claimed'::TEXT, 'item'::TEXT, v_item, 'lock_token'::TEXT, v_token,
                                          'attempt_count'::TEXT, v_attempts);
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION duroxide.dx_history_changed()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SET search_path TO 'duroxide'
+AS $function$
+BEGIN
+    UPDATE executions x
+    SET turn_reader = NULL, turn_token = NULL, turn_last_event = NULL
+    FROM (SELECT DISTINCT c.instance_id, c.execution_id FROM dx_changed_history c) AS c
+    WHERE x.instance_id = c.instance_id AND x.execution_id = c.execution_id
+      AND x.turn_token IS NOT NULL;
+    RETURN NULL;
 END
 $function$;
 
@@ -871,6 +914,40 @@ BEGIN
     GET DIAGNOSTICS events_deleted = ROW_COUNT;
     DELETE FROM executions WHERE instance_id = p_instance AND execution_id = ANY (v_ids);
     GET DIAGNOSTICS executions_deleted = ROW_COUNT;
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION duroxide.dx_read_history(p_instance text, p_execution_id bigint, p_token text, p_after bigint)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ STABLE
+ SET search_path TO 'duroxide'
+ SET plan_cache_mode TO 'force_generic_plan'
+AS $function$
+DECLARE
+    v_exec   BIGINT;
+    v_token  TEXT;
+    v_base   BIGINT;
+    v_events JSONB;
+BEGIN
+    SELECT pg_catalog.max(execution_id) INTO v_exec FROM executions WHERE instance_id = p_instance;
+    v_exec := coalesce(v_exec, 1::BIGINT);
+    -- The caller holds the events up to p_after of execution p_execution_id,
+    -- loaded while p_token was the token of its latest committed turn: if
+    -- that turn is still the latest, only the events after p_after are sent.
+    IF p_token IS NOT NULL AND p_after IS NOT NULL AND v_exec = p_execution_id THEN
+        SELECT x.turn_token INTO v_token
+        FROM executions x WHERE x.instance_id = p_instance AND x.execution_id = v_exec;
+        IF v_token = p_token THEN
+            v_base := p_after;
+        END IF;
+    END IF;
+    SELECT coalesce(pg_catalog.jsonb_agg(event_data ORDER BY event_id), '[]')
+    INTO v_events
+    FROM history WHERE instance_id = p_instance AND execution_id = v_exec
+      AND event_id > coalesce(v_base, (-1)::BIGINT);
+    RETURN pg_catalog.jsonb_build_object('execution_id'::TEXT, v_exec, 'base'::TEXT, v_base,
+                                         'events'::TEXT, v_events);
 END
 $function$;
 

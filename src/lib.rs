@@ -51,7 +51,7 @@ use std::time::Duration;
 pub use error::{Error, Result};
 pub use inspect::{ConnectionCount, InstanceQuery, InstanceSummary, QueueCounts, QueueStatus};
 pub use migrate::{MIGRATIONS, MigrationMode, grant_statements};
-pub use options::{DEFAULT_SCHEMA, Options};
+pub use options::{DEFAULT_HISTORY_CACHE_EVENTS, DEFAULT_SCHEMA, Options};
 
 // The Rust examples of the README and the guides in docs/ compile as doctests.
 #[cfg(doctest)]
@@ -132,6 +132,9 @@ pub struct PostgresProvider {
     worker_waiters: std::sync::Arc<provider::handoff::Waiters>,
     /// Ack tokens whose outcome is unknown (see `provider::unsettled`).
     unsettled_acks: provider::unsettled::Acks,
+    /// Histories of executions this provider ran turns of (see
+    /// `provider::history_cache`).
+    history_cache: provider::history_cache::HistoryCache,
 }
 
 impl std::fmt::Debug for PostgresProvider {
@@ -262,6 +265,20 @@ impl PostgresProviderBuilder {
         self
     }
 
+    /// Most history events kept in memory (default 100,000; 0 turns it
+    /// off). The provider keeps the history of each execution whose turn
+    /// it committed; its next turn of that execution, and `read` of it,
+    /// then receive only the events added since, so the cost of a turn
+    /// does not grow with the history. The server checks in the same
+    /// statement that what is held is still current (the committing turn's
+    /// lock token and last event id) and sends everything otherwise; least
+    /// recently used histories are dropped first. Memory: roughly this many
+    /// decoded events (each a few hundred bytes plus its payloads).
+    pub fn history_cache_events(mut self, events: usize) -> Self {
+        self.options.history_cache_events = events;
+        self
+    }
+
     /// Server-side `statement_timeout` for every connection (default none);
     /// at most 2,147,483,647 ms (about 24.8 days), PostgreSQL's limit.
     pub fn statement_timeout(mut self, timeout: Duration) -> Self {
@@ -374,11 +391,12 @@ impl PostgresProviderBuilder {
         let db = pool::Db::new(&pooled, &options);
         Ok(PostgresProvider {
             db,
-            options,
             direct,
             wakeups: std::sync::OnceLock::new(),
             worker_waiters: Default::default(),
             unsettled_acks: Default::default(),
+            history_cache: provider::history_cache::HistoryCache::new(options.history_cache_events),
+            options,
         })
     }
 }

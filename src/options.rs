@@ -10,6 +10,9 @@ use crate::migrate::MigrationMode;
 /// application's objects in `public`.
 pub const DEFAULT_SCHEMA: &str = "duroxide";
 
+/// Default of [`Options::history_cache_events`].
+pub const DEFAULT_HISTORY_CACHE_EVENTS: usize = 100_000;
+
 /// Settings of a [`PostgresProvider`](crate::PostgresProvider); build one
 /// with [`PostgresProvider::builder`](crate::PostgresProvider::builder).
 #[derive(Clone)]
@@ -30,6 +33,7 @@ pub struct Options {
     /// Set when the provider's URL reaches a transaction pooler: the URL of
     /// the server itself, for migrations and the LISTEN connection.
     pub(crate) direct_url: Option<String>,
+    pub(crate) history_cache_events: usize,
 }
 
 impl std::fmt::Debug for Options {
@@ -50,6 +54,7 @@ impl std::fmt::Debug for Options {
             .field("migrations", &self.migrations)
             // The URL may hold a password.
             .field("transaction_pooler", &self.direct_url.is_some())
+            .field("history_cache_events", &self.history_cache_events)
             .finish()
     }
 }
@@ -71,6 +76,7 @@ impl Default for Options {
             listener_heartbeat: Duration::from_secs(10),
             migrations: MigrationMode::Apply,
             direct_url: None,
+            history_cache_events: DEFAULT_HISTORY_CACHE_EVENTS,
         }
     }
 }
@@ -141,6 +147,13 @@ impl Options {
     /// How often the LISTEN connection proves it is alive.
     pub fn listener_heartbeat(&self) -> Duration {
         self.listener_heartbeat
+    }
+
+    /// Most history events the provider keeps in memory to spare the server
+    /// resending them (0: none; see
+    /// [`history_cache_events`](crate::PostgresProviderBuilder::history_cache_events)).
+    pub fn history_cache_events(&self) -> usize {
+        self.history_cache_events
     }
 
     pub(crate) fn validate(&self) -> Result<()> {

@@ -11,6 +11,9 @@ diesel::table! {
         pinned_patch -> Nullable<Int4>,
         started_at -> Timestamptz,
         completed_at -> Nullable<Timestamptz>,
+        turn_reader -> Nullable<Text>,
+        turn_token -> Nullable<Text>,
+        turn_last_event -> Nullable<Int8>,
     }
 }
 

@@ -1,7 +1,9 @@
-//! History reads and raw appends (outside the hot path, except `read`).
+//! History reads and raw appends (outside the hot path, except `read`,
+//! which duroxide's worker calls before every activity).
 
+use diesel::dsl::select;
 use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use duroxide::Event;
 use serde_json::Value;
 
@@ -11,29 +13,60 @@ use crate::error::Result;
 use crate::numeric;
 use crate::pool::Budget;
 use crate::schema::{executions, history};
-
-diesel::define_sql_function! {
-    /// `coalesce` for a nullable BIGINT with a fallback.
-    fn coalesce(x: diesel::sql_types::Nullable<diesel::sql_types::BigInt>, y: diesel::sql_types::BigInt) -> diesel::sql_types::BigInt;
-}
+use crate::sql::documents::ReadHistory;
+use crate::sql::procedures::dx_read_history;
 
 /// History of the latest execution (the highest recorded execution id, 1 if
-/// none), in one statement.
+/// none), in one statement. With a history of it in the provider's cache,
+/// the server sends only the events after it while it is current (see
+/// `history_cache`).
 pub(crate) async fn read_latest(p: &PostgresProvider, instance: &str) -> Result<Vec<Event>> {
-    let latest = executions::table
-        .filter(executions::instance_id.eq(instance))
-        .select(diesel::dsl::max(executions::execution_id))
-        .single_value();
+    let held = p.history_cache.read_base(instance);
+    let (execution_id, token, after) = match &held {
+        Some(h) => (
+            Some(numeric::to_bigint(h.execution_id, "execution_id")?),
+            Some(h.stamp.as_str()),
+            Some(numeric::to_bigint(h.last_event_id, "event_id")?),
+        ),
+        None => (None, None, None),
+    };
     let mut conn = p.db.lease(Budget::Call).await?;
-    let rows: Vec<Value> = history::table
-        .filter(history::instance_id.eq(instance))
-        .filter(history::execution_id.eq(coalesce(latest, 1_i64)))
-        .order(history::event_id.asc())
-        .select(history::event_data)
-        .load(&mut conn)
+    let doc: Value = select(dx_read_history(instance, execution_id, token, after))
+        .get_result(&mut conn)
         .await?;
     conn.finish().await?;
-    codec::decode_history(rows)
+    let read = codec::from_json::<ReadHistory>(doc, "history")?;
+    let events = codec::decode_history(read.events)?;
+    match (read.base, held) {
+        (None, _) => Ok(events),
+        (Some(base), Some(held))
+            if held.execution_id == read.execution_id && base == held.last_event_id =>
+        {
+            let mut history = held.events;
+            history.extend(events);
+            Ok(history)
+        }
+        // The server only answers with a base the request named.
+        (Some(_), _) => Err(crate::error::Error::Data(
+            "the server answered a history read with a base it was not sent".into(),
+        )),
+    }
+}
+
+/// The stored events of one execution, in event id order.
+pub(crate) async fn execution_rows(
+    conn: &mut AsyncPgConnection,
+    instance: &str,
+    execution_id: u64,
+) -> Result<Vec<Value>> {
+    let execution_id = numeric::to_bigint(execution_id, "execution_id")?;
+    Ok(history::table
+        .filter(history::instance_id.eq(instance))
+        .filter(history::execution_id.eq(execution_id))
+        .order(history::event_id.asc())
+        .select(history::event_data)
+        .load(conn)
+        .await?)
 }
 
 /// History of one execution.
@@ -42,15 +75,8 @@ pub(crate) async fn read_execution(
     instance: &str,
     execution_id: u64,
 ) -> Result<Vec<Event>> {
-    let execution_id = numeric::to_bigint(execution_id, "execution_id")?;
     let mut conn = p.db.lease(Budget::Call).await?;
-    let rows: Vec<Value> = history::table
-        .filter(history::instance_id.eq(instance))
-        .filter(history::execution_id.eq(execution_id))
-        .order(history::event_id.asc())
-        .select(history::event_data)
-        .load(&mut conn)
-        .await?;
+    let rows = execution_rows(&mut conn, instance, execution_id).await?;
     conn.finish().await?;
     codec::decode_history(rows)
 }
@@ -81,11 +107,26 @@ pub(crate) async fn append(
     if rows.is_empty() {
         return Ok(());
     }
+    // History written outside a turn: no cached copy of this execution is
+    // current any more, here or in another process.
+    p.history_cache.forget(instance);
     let mut conn = p.db.lease(Budget::Call).await?;
     diesel::insert_into(history::table)
         .values(rows)
         .execute(&mut conn)
         .await?;
+    diesel::update(
+        executions::table
+            .filter(executions::instance_id.eq(instance))
+            .filter(executions::execution_id.eq(execution_id)),
+    )
+    .set((
+        executions::turn_reader.eq(None::<String>),
+        executions::turn_token.eq(None::<String>),
+        executions::turn_last_event.eq(None::<i64>),
+    ))
+    .execute(&mut conn)
+    .await?;
     conn.finish().await?;
     Ok(())
 }

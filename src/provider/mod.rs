@@ -5,6 +5,7 @@ pub(crate) mod admin;
 pub(crate) mod codec;
 pub(crate) mod handoff;
 mod history;
+pub(crate) mod history_cache;
 pub(crate) mod listener;
 mod orchestrator;
 mod sessions;

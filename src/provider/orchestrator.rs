@@ -47,13 +47,61 @@ pub(crate) async fn fetch_once(
         numeric::duration_ms(lock_timeout, "lock timeout")?,
         min,
         max,
+        p.history_cache.reader(),
     ))
     .get_result(&mut conn)
     .await?;
-    conn.finish().await?;
     // A claimed turn that does not decode fails the call: the claim is then
     // released (see `unclaimed`), never mistaken for an idle answer.
-    Ok(codec::from_json::<Fetched<ClaimedOrchestration>>(doc, "fetch result")?.map(into_item))
+    let fetched = match codec::from_json::<Fetched<ClaimedOrchestration>>(doc, "fetch result")? {
+        Fetched::Claimed(mut c) => {
+            let history = turn_history(p, &mut conn, &mut c).await?;
+            Fetched::Claimed(into_item(c, history))
+        }
+        Fetched::Idle { retry_ms } => Fetched::Idle { retry_ms },
+    };
+    conn.finish().await?;
+    Ok(fetched)
+}
+
+/// The whole history of a claimed turn, from what the fetch sent and the
+/// history cache; remembered there for the turn's commit. If the fetch sent
+/// only the events after a prefix the cache no longer holds (evicted, or
+/// an earlier commit's reply was lost), the execution is loaded on `conn`:
+/// a second round trip, for this turn only. A history that does not
+/// decode is returned as the error the turn reports in `history_error`.
+async fn turn_history(
+    p: &PostgresProvider,
+    conn: &mut diesel_async::AsyncPgConnection,
+    c: &mut ClaimedOrchestration,
+) -> Result<Result<Vec<Event>>> {
+    let cache = &p.history_cache;
+    let delta = match codec::decode_history(std::mem::take(&mut c.history)) {
+        Ok(delta) => delta,
+        Err(e) => {
+            cache.forget(&c.instance);
+            return Ok(Err(e));
+        }
+    };
+    let (history, stamp) = match c.history_base.take() {
+        None => (delta, None),
+        Some(base) => match cache.assemble(&c.instance, c.execution_id, &base, &delta) {
+            Some(history) => (history, Some(base.token)),
+            None => {
+                let rows =
+                    super::history::execution_rows(conn, &c.instance, c.execution_id).await?;
+                match codec::decode_history(rows) {
+                    Ok(history) => (history, None),
+                    Err(e) => {
+                        cache.forget(&c.instance);
+                        return Ok(Err(e));
+                    }
+                }
+            }
+        },
+    };
+    cache.fetched(&c.instance, c.execution_id, &history, &c.lock_token, stamp);
+    Ok(Ok(history))
 }
 
 /// `[major, minor, patch]` as the procedures' `INT[]`.
@@ -77,7 +125,10 @@ fn version_array(v: &semver::Version, what: &str) -> Result<[i32; 3]> {
 /// messages, the undecodable one included. Sent to an execution that has
 /// already completed or failed, such a message is only logged: the runtime
 /// acknowledges that batch without processing it.
-fn into_item(c: ClaimedOrchestration) -> (OrchestrationItem, String, u32) {
+fn into_item(
+    c: ClaimedOrchestration,
+    history: Result<Vec<Event>>,
+) -> (OrchestrationItem, String, u32) {
     let mut messages = Vec::with_capacity(c.messages.len());
     let mut errors = Vec::new();
     for (position, message) in c.messages.into_iter().enumerate() {
@@ -91,7 +142,7 @@ fn into_item(c: ClaimedOrchestration) -> (OrchestrationItem, String, u32) {
 
     // Undecodable history is reported in `history_error` with the lock held,
     // so the runtime's poison handling can terminate the instance.
-    let history = match codec::decode_history(c.history) {
+    let history = match history {
         Ok(h) => h,
         Err(e) => {
             errors.insert(0, e.to_string());
@@ -177,6 +228,7 @@ pub(crate) async fn ack(
     metadata: &ExecutionMetadata,
     cancelled: &[ScheduledActivityIdentifier],
 ) -> Result<()> {
+    let execution_id_u64 = execution_id;
     let execution_id = numeric::to_bigint(execution_id, "execution_id")?;
     refuse_unstorable_state(metadata, history_delta)?;
     let history = codec::to_json(&codec::history_delta(history_delta)?)?;
@@ -260,12 +312,26 @@ pub(crate) async fn ack(
         kv_ops,
         Value::Array(cancelled_docs),
         claim_doc,
+        p.history_cache.reader(),
     ))
     .get_result(&mut conn)
     .await?;
     conn.finish().await?;
     let claimed = match codec::from_json::<AckOutcome>(doc, "ack result")? {
-        AckOutcome::Committed { claimed } => claimed,
+        AckOutcome::Committed {
+            claimed,
+            instance,
+            last_event_id,
+        } => {
+            p.history_cache.committed(
+                &instance,
+                lock_token,
+                execution_id_u64,
+                history_delta,
+                last_event_id,
+            );
+            claimed
+        }
         AckOutcome::LockLost => {
             if let Some(u) = unclaimed {
                 u.settled(); // nothing was committed

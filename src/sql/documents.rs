@@ -125,15 +125,6 @@ pub(crate) enum Fetched<T> {
     },
 }
 
-impl<T> Fetched<T> {
-    pub(crate) fn map<U>(self, f: impl FnOnce(T) -> U) -> Fetched<U> {
-        match self {
-            Fetched::Claimed(t) => Fetched::Claimed(f(t)),
-            Fetched::Idle { retry_ms } => Fetched::Idle { retry_ms },
-        }
-    }
-}
-
 /// A locked orchestration turn from `dx_fetch_orchestration`.
 #[derive(Debug, Deserialize)]
 pub(crate) struct ClaimedOrchestration {
@@ -146,13 +137,35 @@ pub(crate) struct ClaimedOrchestration {
     pub attempt_count: u32,
     /// Work items as stored, decoded one by one by the caller.
     pub messages: Vec<Value>,
-    /// Events as stored, in event id order.
+    /// Events as stored, in event id order: all of them, or those after
+    /// `history_base`.
     pub history: Vec<Value>,
+    /// Set when `history` holds only the events after the ones this
+    /// provider's history cache holds (see `provider::history_cache`).
+    #[serde(default)]
+    pub history_base: Option<HistoryBase>,
     /// Key to (value, last_updated_at_ms).
     pub kv: HashMap<String, (String, u64)>,
     /// Set when the history could not be loaded at all (too large).
     #[serde(default)]
     pub history_error: Option<String>,
+}
+
+/// The cached prefix a fetch assumed: the history up to `last_event_id`,
+/// as committed by the turn that held lock `token`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct HistoryBase {
+    pub token: String,
+    pub last_event_id: u64,
+}
+
+/// Result of `dx_read_history`: the latest execution's events, all of them
+/// or (with `base`) those after event `base`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ReadHistory {
+    pub execution_id: u64,
+    pub base: Option<u64>,
+    pub events: Vec<Value>,
 }
 
 /// A locked activity from `dx_fetch_work`.
@@ -172,6 +185,10 @@ pub(crate) enum AckOutcome {
         /// Lock token of the activity claimed for a waiting local worker;
         /// None if nothing was claimed (or it was cancelled in the turn).
         claimed: Option<String>,
+        /// The locked instance.
+        instance: String,
+        /// The execution's last event id after the commit (None: no events).
+        last_event_id: Option<u64>,
     },
     /// The token is unknown or expired; nothing was committed.
     LockLost,

@@ -32,13 +32,15 @@ define_sql_function! {
 
 define_sql_function! {
     /// Lock the next ready orchestration instance under `token` and return its
-    /// turn: [`Fetched`](super::documents::Fetched) of
+    /// turn (`reader`: this provider's history cache id, see
+    /// `provider::history_cache`): [`Fetched`](super::documents::Fetched) of
     /// [`ClaimedOrchestration`](super::documents::ClaimedOrchestration).
     fn dx_fetch_orchestration(
         token: Text,
         lock_ms: BigInt,
         min_version: Nullable<Array<Integer>>,
         max_version: Nullable<Array<Integer>>,
+        reader: Nullable<Text>,
     ) -> Jsonb;
 }
 
@@ -52,7 +54,8 @@ define_sql_function! {
     /// [`CustomStatus`](super::documents::CustomStatus), `kv_ops` =
     /// [`KvOp`](super::documents::KvOp), `cancelled` =
     /// [`CancelledActivity`](super::documents::CancelledActivity), `claim` =
-    /// [`WorkerClaim`](super::documents::WorkerClaim); returns
+    /// [`WorkerClaim`](super::documents::WorkerClaim), `reader` = this
+    /// provider's history cache id (see `provider::history_cache`); returns
     /// [`AckOutcome`](super::documents::AckOutcome).
     #[allow(clippy::too_many_arguments)]
     fn dx_ack_orchestration(
@@ -66,6 +69,20 @@ define_sql_function! {
         kv_ops: Jsonb,
         cancelled: Jsonb,
         claim: Nullable<Jsonb>,
+        reader: Nullable<Text>,
+    ) -> Jsonb;
+}
+
+define_sql_function! {
+    /// History of an instance's latest execution: all of it, or only the
+    /// events after `after` while `token` is the lock token of that
+    /// execution's latest committed turn and `execution_id` is it; returns
+    /// [`ReadHistory`](super::documents::ReadHistory).
+    fn dx_read_history(
+        instance: Text,
+        execution_id: Nullable<BigInt>,
+        token: Nullable<Text>,
+        after: Nullable<BigInt>,
     ) -> Jsonb;
 }
 
