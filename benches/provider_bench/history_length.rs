@@ -1,8 +1,10 @@
 //! (g) turn cost against history length: one orchestration running N
 //! sequential trivial activities (N = 20, 200, 1000), through a proxy that
 //! adds no delay and counts bytes: ms per step and bytes over the wire per
-//! step (both directions). Each turn and each history read ship the whole
-//! history today, so bytes per step grow with N.
+//! step (both directions), with the provider's history cache (the default)
+//! and without it, interleaved in one run. Without the cache every turn and
+//! every history read ship the whole history, so bytes per step grow with N;
+//! with it they ship the events added since the provider's last turn.
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +13,7 @@ use duroxide::runtime::RuntimeOptions;
 
 use crate::config::{Config, progress};
 use crate::report::{fmt_num, list, median, ms, table};
-use crate::setup::{start_proxy, tapped_runtime};
+use crate::setup::{start_proxy, tapped_runtime_with_cache};
 use crate::{Res, WAIT};
 
 /// One measured chain of `steps` activities.
@@ -21,9 +23,21 @@ struct Sample {
     bytes_from_server_per_step: f64,
 }
 
-async fn chain_once(url: &str, steps: u32) -> Res<Sample> {
+async fn chain_once(url: &str, steps: u32, cache: bool) -> Res<Sample> {
     let host = start_proxy(url, Duration::ZERO).await?;
-    let (tap, rt) = tapped_runtime(url, "hist", Some(&host), RuntimeOptions::default()).await?;
+    let cache_events = if cache {
+        duroxide_diesel::DEFAULT_HISTORY_CACHE_EVENTS
+    } else {
+        0
+    };
+    let (tap, rt) = tapped_runtime_with_cache(
+        url,
+        "hist",
+        Some(&host),
+        RuntimeOptions::default(),
+        cache_events,
+    )
+    .await?;
     let client = Client::new(tap.clone());
     let outcome = async {
         // Warm-up: opens the pooled connections and prepares the statements.
@@ -55,7 +69,8 @@ async fn chain_once(url: &str, steps: u32) -> Res<Sample> {
     outcome
 }
 
-/// Median ms per step and bytes from the server per step, by chain length.
+/// Median ms per step and bytes from the server per step, by chain length,
+/// with the history cache.
 pub struct HistorySummary {
     pub rows: Vec<(u32, f64, f64)>,
 }
@@ -66,30 +81,41 @@ pub async fn run(url: &str, cfg: &Config) -> Res<HistorySummary> {
     } else {
         &[20, 200, 1000]
     };
-    let mut samples: Vec<(u32, Vec<Sample>)> = lengths.iter().map(|n| (*n, Vec::new())).collect();
+    // (steps, cache on, samples)
+    let mut samples: Vec<(u32, bool, Vec<Sample>)> = lengths
+        .iter()
+        .flat_map(|n| [(*n, true, Vec::new()), (*n, false, Vec::new())])
+        .collect();
     for run in 0..cfg.runs {
-        for (steps, runs) in samples.iter_mut() {
-            progress(format!("(g) chain of {steps} run {}/{}", run + 1, cfg.runs));
-            runs.push(chain_once(url, *steps).await?);
+        for (steps, cache, runs) in samples.iter_mut() {
+            let label = if *cache { "cache" } else { "no cache" };
+            progress(format!(
+                "(g) chain of {steps}, {label}, run {}/{}",
+                run + 1,
+                cfg.runs
+            ));
+            runs.push(chain_once(url, *steps, *cache).await?);
         }
     }
     println!(
         "(g) one orchestration of N sequential trivial activities, default RuntimeOptions, \
          through a proxy that adds no delay and counts bytes; per step = whole run / N, after a \
-         warm-up; median of {} run(s); growth = per-step value / the chain of {}'s",
+         warm-up; median of {} run(s); history cache on (default) and off, interleaved; \
+         growth = per-step value / the chain of {}'s with the same cache setting",
         cfg.runs, lengths[0]
     );
     let mut rows = Vec::new();
     let mut summary = Vec::new();
-    let mut base: Option<(f64, f64)> = None;
-    for (steps, runs) in &samples {
+    let mut base: [Option<(f64, f64)>; 2] = [None, None];
+    for (steps, cache, runs) in &samples {
         let msv: Vec<f64> = runs.iter().map(|s| s.ms_per_step).collect();
         let to: Vec<f64> = runs.iter().map(|s| s.bytes_to_server_per_step).collect();
         let from: Vec<f64> = runs.iter().map(|s| s.bytes_from_server_per_step).collect();
         let (m, b) = (median(&msv), median(&from));
-        let (m0, b0) = *base.get_or_insert((m, b));
+        let (m0, b0) = *base[usize::from(*cache)].get_or_insert((m, b));
         rows.push(vec![
             steps.to_string(),
+            if *cache { "on" } else { "off" }.to_owned(),
             fmt_num(m),
             list(&msv),
             format!("{}x", fmt_num(m / m0)),
@@ -97,11 +123,14 @@ pub async fn run(url: &str, cfg: &Config) -> Res<HistorySummary> {
             fmt_num(b),
             format!("{}x", fmt_num(b / b0)),
         ]);
-        summary.push((*steps, m, b));
+        if *cache {
+            summary.push((*steps, m, b));
+        }
     }
     table(
         &[
             "steps",
+            "cache",
             "ms/step",
             "ms/step per run",
             "ms/step growth",

@@ -35,8 +35,18 @@ pub fn track_sqlite_file(path: PathBuf) {
 }
 
 pub async fn build_pg(url: &str, schema: &str) -> Res<PostgresProvider> {
+    build_pg_with_cache(url, schema, duroxide_diesel::DEFAULT_HISTORY_CACHE_EVENTS).await
+}
+
+/// [`build_pg`] with a history cache of `cache_events` events (0: off).
+pub async fn build_pg_with_cache(
+    url: &str,
+    schema: &str,
+    cache_events: usize,
+) -> Res<PostgresProvider> {
     PostgresProvider::builder(url)
         .schema(schema)
+        .history_cache_events(cache_events)
         .build()
         .await
         .map_err(|e| format!("build PostgresProvider ({schema}): {e}"))
@@ -51,9 +61,23 @@ pub async fn tapped_runtime(
     proxy: Option<&Arc<ProxyThread>>,
     options: RuntimeOptions,
 ) -> Res<(Arc<Tap>, Arc<Runtime>)> {
+    let cache = duroxide_diesel::DEFAULT_HISTORY_CACHE_EVENTS;
+    tapped_runtime_with_cache(url, tag, proxy, options, cache).await
+}
+
+/// [`tapped_runtime`] whose provider has a history cache of `cache_events`
+/// events (0: off).
+pub async fn tapped_runtime_with_cache(
+    url: &str,
+    tag: &str,
+    proxy: Option<&Arc<ProxyThread>>,
+    options: RuntimeOptions,
+    cache_events: usize,
+) -> Res<(Arc<Tap>, Arc<Runtime>)> {
     let schema = new_schema(tag);
     let purl = proxy.map_or_else(|| url.to_owned(), |h| h.proxy().url(url));
-    let provider: Arc<dyn Provider> = Arc::new(build_pg(&purl, &schema).await?);
+    let provider: Arc<dyn Provider> =
+        Arc::new(build_pg_with_cache(&purl, &schema, cache_events).await?);
     let tap = Tap::new(provider);
     if let Some(h) = proxy {
         let h = Arc::clone(h);

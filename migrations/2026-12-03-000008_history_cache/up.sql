@@ -17,6 +17,10 @@ ALTER TABLE executions
     ADD COLUMN turn_reader TEXT,
     ADD COLUMN turn_token TEXT,
     ADD COLUMN turn_last_event BIGINT;
+-- Every commit now updates its execution row (no indexed column changes
+-- but at the end of the execution): room on each page keeps those updates
+-- heap-only.
+ALTER TABLE executions SET (fillfactor = 90);
 
 -- History is appended by turns only; an event changed or removed in place
 -- (by hand, or a repair) makes every cached copy of its execution stale.
@@ -42,8 +46,11 @@ CREATE TRIGGER history_deleted AFTER DELETE ON history
     REFERENCING OLD TABLE AS dx_changed_history
     FOR EACH STATEMENT EXECUTE FUNCTION dx_history_changed();
 
-DROP FUNCTION dx_fetch_orchestration(TEXT, BIGINT, INT[], INT[]);
-DROP FUNCTION dx_ack_orchestration(TEXT, BIGINT, JSONB, JSONB, JSONB, JSONB, JSONB, JSONB, JSONB, JSONB);
+-- The fetch and ack of this release take one more argument (the provider's
+-- reader id). The versions without it stay, unchanged, for binaries of the
+-- previous release that are still running during a rolling deploy: they
+-- neither read nor write the turn columns, and what they append keeps every
+-- cached prefix valid (history is append-only), so both can run at once.
 
 CREATE FUNCTION dx_fetch_orchestration(p_token text, p_lock_ms bigint, p_min_version integer[], p_max_version integer[], p_reader text)
  RETURNS jsonb
