@@ -355,12 +355,14 @@ async fn runtime_poisons_an_instance_whose_message_does_not_decode() {
         assert!(tokio::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // A message from a newer duroxide arrives.
+    // A message from a newer duroxide arrives (enqueued, as its provider
+    // would, with a notification that wakes the waiting dispatcher).
     common::exec(
         &db.url,
         &format!(
-            "INSERT INTO \"{}\".orchestrator_queue (instance_id, kind, work_item) \
-             VALUES ('wait', 'ExternalRaised', '{FUTURE_ITEM}'::jsonb)",
+            "INSERT INTO \"{0}\".orchestrator_queue (instance_id, kind, work_item) \
+             VALUES ('wait', 'ExternalRaised', '{FUTURE_ITEM}'::jsonb); \
+             SELECT pg_notify(\"{0}\".dx_notify_channel(), 'o')",
             db.schema
         ),
     )
