@@ -17,7 +17,10 @@
 //!   (f) [`pooler`]: the stress test at 2:2 directly and through PgBouncer
 //!       in transaction pooling mode, runs interleaved;
 //!   (g) [`history_length`]: ms and bytes over the wire per step of chains
-//!       of 20, 200 and 1000 activities (turn cost against history length).
+//!       of 20, 200 and 1000 activities (turn cost against history length),
+//!       with the history cache on and off;
+//!   (h) [`backlog`]: the drain rate of 10,000 orchestrations started at
+//!       once against the steady-state rate.
 //!
 //! Conditions: the server's durable defaults (fsync, synchronous_commit and
 //! full_page_writes on). Without `DATABASE_URL` the testkit starts a
@@ -34,6 +37,7 @@
 //! DXBENCH_IDLE_SECS, DXBENCH_SECTIONS (e.g. "bd"), DATABASE_URL,
 //! DUROXIDE_BENCH_PG_PORT, RUST_LOG.
 
+mod backlog;
 mod conditions;
 mod config;
 mod dispatch;
@@ -92,6 +96,7 @@ async fn run(cfg: Config) -> Res<()> {
     run_section!('e', e, per_call::run(&url));
     run_section!('f', f, pooler::run(&url, &cfg));
     run_section!('g', g, history_length::run(&url, &cfg));
+    run_section!('h', h, backlog::run(&url, &cfg));
     targets::print_targets(&results);
     println!(
         "total benchmark time: {:.0} s",

@@ -1,4 +1,5 @@
-//! The orchestrations and activity of the runtime sections (b), (c), (d), (g).
+//! The orchestrations and activity of the runtime sections (b), (c), (d),
+//! (g), (h).
 
 use duroxide::runtime::registry::ActivityRegistry;
 use duroxide::{ActivityContext, OrchestrationContext, OrchestrationRegistry};
@@ -34,6 +35,12 @@ pub fn orchestrations() -> OrchestrationRegistry {
                     ctx.schedule_activity("Noop", i.to_string()).await?;
                 }
                 Ok("done".to_owned())
+            },
+        )
+        .register(
+            "One",
+            |ctx: OrchestrationContext, input: String| async move {
+                ctx.schedule_activity("Noop", input).await
             },
         )
         .register(

@@ -145,6 +145,21 @@ impl Tap {
         }))
     }
 
+    /// Instances acked as Completed or Failed so far.
+    pub fn done_count(&self) -> usize {
+        self.done.lock().unwrap().len()
+    }
+
+    /// Instances acked as Failed so far.
+    pub fn failed_count(&self) -> usize {
+        self.done
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|d| d.failed)
+            .count()
+    }
+
     pub fn picked_at(&self, instance: &str) -> Option<Instant> {
         self.picked.lock().unwrap().get(instance).copied()
     }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::backlog::BacklogSummary;
 use crate::dispatch::DispatchSummary;
 use crate::history_length::HistorySummary;
 use crate::idle::IdleSummary;
@@ -19,6 +20,7 @@ pub struct Results {
     pub e: Option<PerCall>,
     pub f: Option<PoolerSummary>,
     pub g: Option<HistorySummary>,
+    pub h: Option<BacklogSummary>,
 }
 
 pub fn print_targets(r: &Results) {
@@ -127,6 +129,16 @@ pub fn print_targets(r: &Results) {
             .map(|(n, n0, x)| format!("{}x ({n} vs {n0} steps)", fmt_num(x)))
             .unwrap_or_else(|| "n/a".to_owned()),
         verdict(growth.map(|(_, _, x)| x <= 2.0)).to_owned(),
+    ]);
+
+    let drain = r.h.as_ref().map(|h| (h.size, h.backlog / h.steady));
+    rows.push(vec![
+        "drain rate of a backlog vs steady state".to_owned(),
+        ">= 0.8x".to_owned(),
+        drain
+            .map(|(n, x)| format!("{}x ({n} orchestrations)", fmt_num(x)))
+            .unwrap_or_else(|| "n/a".to_owned()),
+        verdict(drain.map(|(_, x)| x >= 0.8)).to_owned(),
     ]);
 
     table(&["target", "goal", "measured", "verdict"], &rows);
