@@ -26,6 +26,7 @@ use crate::sql::documents::{DeleteCounts, PruneCounts};
 use crate::sql::procedures::{
     dx_delete_instance, dx_delete_instances_bulk, dx_prune_executions_bulk,
 };
+use crate::sql::reply::WholeReply;
 
 diesel::table! {
     /// The server's view of its sessions; only the columns read here.
@@ -269,7 +270,7 @@ impl PostgresProvider {
                 ),
                 now.into_sql::<Timestamptz>(),
             ))
-            .get_result(&mut conn)
+            .one(&mut conn)
             .await?;
             conn.finish().await?;
             let (orchestrator, worker, server_now) = row;

@@ -27,6 +27,7 @@ use crate::pool::{Budget, bounded};
 use crate::schema::{executions, history, instances};
 use crate::sql::documents::{AdminOutcome, DeleteCounts, PruneCounts};
 use crate::sql::procedures::*;
+use crate::sql::reply::WholeReply;
 
 /// Instances a bulk call considers when the filter sets no limit, as
 /// [`InstanceFilter::limit`] documents.
@@ -124,7 +125,7 @@ async fn latest_execution_id(p: &PostgresProvider, instance: &str) -> Result<u64
     let latest: Option<i64> = executions::table
         .filter(executions::instance_id.eq(instance))
         .select(max(executions::execution_id))
-        .get_result(&mut conn)
+        .one(&mut conn)
         .await?;
     conn.finish().await?;
     latest.map_or(Ok(1), |id| numeric::from_bigint(id, "execution_id"))
@@ -271,7 +272,7 @@ async fn system_metrics(p: &PostgresProvider) -> Result<SystemMetrics> {
         with_status("Completed"),
         with_status("Failed"),
     ))
-    .get_result(&mut conn)
+    .one(&mut conn)
     .await?;
     conn.finish().await?;
     let n = |v: Option<i64>| numeric::from_bigint(v.unwrap_or(0), "count");
@@ -332,7 +333,7 @@ async fn parent_id(p: &PostgresProvider, instance: &str) -> Result<Option<String
 /// The whole tree in one recursive query rather than one round trip per node.
 async fn instance_tree(p: &PostgresProvider, root: &str) -> Result<InstanceTree> {
     let mut conn = p.db.lease(Budget::Admin).await?;
-    let all_ids: Vec<String> = select(dx_instance_tree(root)).get_result(&mut conn).await?;
+    let all_ids: Vec<String> = select(dx_instance_tree(root)).one(&mut conn).await?;
     conn.finish().await?;
     Ok(InstanceTree {
         root_id: root.to_owned(),
@@ -347,7 +348,7 @@ async fn delete_tree(
 ) -> Result<DeleteInstanceResult> {
     let mut conn = p.db.lease(Budget::Admin).await?;
     let doc: Value = select(dx_delete_instance(instance, force))
-        .get_result(&mut conn)
+        .one(&mut conn)
         .await?;
     conn.finish().await?;
     Ok(decode::<DeleteCounts>(doc)?.into())
@@ -363,7 +364,7 @@ async fn delete_exact(
     }
     let mut conn = p.db.lease(Budget::Admin).await?;
     let doc: Value = select(dx_delete_instances(ids, force))
-        .get_result(&mut conn)
+        .one(&mut conn)
         .await?;
     conn.finish().await?;
     Ok(decode::<DeleteCounts>(doc)?.into())
@@ -384,7 +385,7 @@ async fn delete_bulk(
         completed_before,
         limit,
     ))
-    .get_result(&mut conn)
+    .one(&mut conn)
     .await?;
     conn.finish().await?;
     Ok(decode::<DeleteCounts>(doc)?.into())
@@ -399,7 +400,7 @@ async fn prune(
     let completed_before = cutoff_arg(options.completed_before, "completed_before")?;
     let mut conn = p.db.lease(Budget::Admin).await?;
     let doc: Value = select(dx_prune_executions(instance, keep_last, completed_before))
-        .get_result(&mut conn)
+        .one(&mut conn)
         .await?;
     conn.finish().await?;
     Ok(decode::<PruneCounts>(doc)?.into())
@@ -425,7 +426,7 @@ async fn prune_bulk(
         keep_last,
         completed_before,
     ))
-    .get_result(&mut conn)
+    .one(&mut conn)
     .await?;
     conn.finish().await?;
     Ok(decode::<PruneCounts>(doc)?.into())

@@ -15,6 +15,7 @@ use crate::pool::Budget;
 use crate::schema::{executions, history};
 use crate::sql::documents::ReadHistory;
 use crate::sql::procedures::dx_read_history;
+use crate::sql::reply::WholeReply;
 
 /// History of the latest execution (the highest recorded execution id, 1 if
 /// none), in one statement. With a history of it in the provider's cache,
@@ -32,7 +33,7 @@ pub(crate) async fn read_latest(p: &PostgresProvider, instance: &str) -> Result<
     };
     let mut conn = p.db.lease(Budget::Call).await?;
     let doc: Value = select(dx_read_history(instance, execution_id, token, after))
-        .get_result(&mut conn)
+        .one(&mut conn)
         .await?;
     conn.finish().await?;
     let read = codec::from_json::<ReadHistory>(doc, "history")?;

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use diesel::dsl::select;
-use diesel_async::RunQueryDsl;
 use duroxide::providers::{
     DispatcherCapabilityFilter, ExecutionMetadata, OrchestrationItem, ScheduledActivityIdentifier,
     WorkItem,
@@ -22,6 +21,7 @@ use crate::sql::documents::{
     AckOutcome, CancelledActivity, ClaimedOrchestration, Fetched, Metadata, WorkerClaim,
 };
 use crate::sql::procedures::*;
+use crate::sql::reply::WholeReply;
 
 /// One round trip: lock the next ready instance and load its turn.
 pub(crate) async fn fetch_once(
@@ -49,7 +49,7 @@ pub(crate) async fn fetch_once(
         max,
         p.history_cache.reader(),
     ))
-    .get_result(&mut conn)
+    .one(&mut conn)
     .await?;
     // A claimed turn that does not decode fails the call: the claim is then
     // released (see `unclaimed`), never mistaken for an idle answer.
@@ -314,7 +314,7 @@ pub(crate) async fn ack(
         claim_doc,
         p.history_cache.reader(),
     ))
-    .get_result(&mut conn)
+    .one(&mut conn)
     .await?;
     conn.finish().await?;
     let claimed = match codec::from_json::<AckOutcome>(doc, "ack result")? {
@@ -434,7 +434,7 @@ pub(crate) async fn abandon(
         delay_ms,
         ignore_attempt,
     ))
-    .get_result(&mut conn)
+    .one(&mut conn)
     .await?;
     conn.finish().await?;
     if found { Ok(()) } else { Err(Error::LockLost) }
@@ -451,7 +451,7 @@ pub(crate) async fn renew(
         lock_token,
         numeric::duration_ms(extend_for, "lock extension")?,
     ))
-    .get_result(&mut conn)
+    .one(&mut conn)
     .await?;
     conn.finish().await?;
     if renewed {
@@ -474,7 +474,7 @@ pub(crate) async fn enqueue(
     let delay_ms = super::delay_ms(delay)?;
     let mut conn = p.db.lease(Budget::Call).await?;
     let _id: i64 = select(dx_enqueue_orchestrator(instance, kind, doc, delay_ms))
-        .get_result(&mut conn)
+        .one(&mut conn)
         .await?;
     conn.finish().await?;
     Ok(())

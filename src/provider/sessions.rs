@@ -12,6 +12,7 @@ use crate::numeric;
 use crate::pool::Budget;
 use crate::schema::{sessions, worker_queue};
 use crate::sql::procedures::dx_renew_sessions;
+use crate::sql::reply::WholeReply;
 
 /// One round trip: extend the non-idle sessions of `owner_ids`.
 pub(crate) async fn renew(
@@ -30,7 +31,7 @@ pub(crate) async fn renew(
         numeric::duration_ms(extend_for, "session lock extension")?,
         numeric::duration_ms(idle_timeout, "session idle timeout")?,
     ))
-    .get_result(&mut conn)
+    .one(&mut conn)
     .await?;
     conn.finish().await?;
     numeric::to_count(renewed, "count of renewed sessions")

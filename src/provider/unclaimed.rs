@@ -20,11 +20,11 @@
 use std::time::Duration;
 
 use diesel::dsl::select;
-use diesel_async::RunQueryDsl;
 
 use crate::error::Error;
 use crate::pool::{Budget, Db, bounded};
 use crate::sql::procedures::{dx_abandon_orchestration, dx_abandon_work};
+use crate::sql::reply::WholeReply;
 
 /// Which queue a token locks rows of.
 #[derive(Clone, Copy, Debug)]
@@ -108,12 +108,12 @@ async fn release(db: &Db, queue: Queue, token: String, pause: Duration) -> Resul
     let _found: bool = match queue {
         Queue::Orchestrator => {
             select(dx_abandon_orchestration(token, pause_ms, true))
-                .get_result(&mut conn)
+                .one(&mut conn)
                 .await?
         }
         Queue::Worker => {
             select(dx_abandon_work(token, pause_ms, true))
-                .get_result(&mut conn)
+                .one(&mut conn)
                 .await?
         }
     };

@@ -18,6 +18,7 @@ use crate::numeric;
 use crate::pool::Budget;
 use crate::sql::documents::{ClaimedWork, Fetched};
 use crate::sql::procedures::*;
+use crate::sql::reply::WholeReply;
 
 /// A claimed activity: the item, its lock token and its attempt count.
 pub(crate) type Claimed = (WorkItem, String, u32);
@@ -63,7 +64,7 @@ pub(crate) async fn fetch_once(
         tag_mode,
         tags,
     ))
-    .get_result(&mut conn)
+    .one(&mut conn)
     .await?;
     conn.finish().await?;
     match codec::from_json::<Fetched<ClaimedWork>>(doc, "fetch result")? {
@@ -203,7 +204,7 @@ pub(crate) async fn ack(
     };
     let mut conn = p.db.lease(Budget::Call).await?;
     let done: bool = select(dx_ack_work(token, instance, kind, doc))
-        .get_result(&mut conn)
+        .one(&mut conn)
         .await?;
     conn.finish().await?;
     if done { Ok(()) } else { Err(Error::LockLost) }
@@ -258,7 +259,7 @@ pub(crate) async fn renew(p: &PostgresProvider, token: &str, extend_for: Duratio
     let extend_ms = numeric::duration_ms(extend_for, "lock extension")?;
     let mut conn = p.db.lease(Budget::Call).await?;
     let renewed: bool = select(dx_renew_work_lock(token, extend_ms))
-        .get_result(&mut conn)
+        .one(&mut conn)
         .await?;
     conn.finish().await?;
     if renewed {
@@ -278,7 +279,7 @@ pub(crate) async fn abandon(
     let delay_ms = super::delay_ms(delay)?;
     let mut conn = p.db.lease(Budget::Call).await?;
     let found: bool = select(dx_abandon_work(token, delay_ms, ignore_attempt))
-        .get_result(&mut conn)
+        .one(&mut conn)
         .await?;
     conn.finish().await?;
     if found { Ok(()) } else { Err(Error::LockLost) }
@@ -297,7 +298,7 @@ pub(crate) async fn enqueue(p: &PostgresProvider, item: &WorkItem) -> Result<()>
         route.session_id,
         route.tag,
     ))
-    .get_result(&mut conn)
+    .one(&mut conn)
     .await?;
     conn.finish().await?;
     Ok(())
