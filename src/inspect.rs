@@ -501,7 +501,7 @@ impl PostgresProvider {
             let mut conn = self.db.lease(Budget::Admin).await?;
             let outcome = conn
                 .transaction::<std::convert::Infallible, Preview, _>(async move |c| {
-                    let doc: Value = query.get_result(c).await?;
+                    let doc: Value = query.one(c).await?;
                     Err(Preview::Done(doc))
                 })
                 .await;

@@ -30,6 +30,7 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use crate::error::{Error, Result};
 use crate::pool::Connector;
+use crate::sql::reply::WholeReply;
 
 /// The migrations in `migrations/`, compiled into the crate.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
@@ -138,7 +139,7 @@ async fn inspect(conn: &mut AsyncPgConnection, schema: &str) -> Result<State> {
          IS NOT NULL AS bookkeeping_exists",
     )
     .bind::<Text, _>(schema)
-    .get_result(conn)
+    .one(conn)
     .await?;
     let applied: BTreeSet<String> = if presence.bookkeeping_exists {
         __diesel_schema_migrations::table

@@ -55,11 +55,11 @@ struct Flag {
 
 async fn flag(url: &str, sql: &str) -> bool {
     let mut conn = AsyncPgConnection::establish(url).await.expect("connect");
-    let row: Flag = diesel::sql_query(format!("SELECT ({sql}) AS v"))
-        .get_result(&mut conn)
+    let rows: Vec<Flag> = diesel::sql_query(format!("SELECT ({sql}) AS v"))
+        .load(&mut conn)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    row.v
+    rows.into_iter().next().expect("one row").v
 }
 
 #[derive(QueryableByName)]

@@ -60,9 +60,11 @@ pub async fn machine_note(url: &str, cfg: &Config) -> Res<()> {
          current_setting('full_page_writes') AS full_page_writes, \
          current_setting('ssl') AS ssl",
     )
-    .get_result(&mut conn)
+    .load::<Settings>(&mut conn)
     .await
-    .map_err(|e| format!("server settings: {e}"))?;
+    .map_err(|e| format!("server settings: {e}"))?
+    .pop()
+    .ok_or("server settings: no row")?;
 
     // Whether the provider's own connections are encrypted: the sections
     // build providers on the same URL, so one built here negotiates TLS as
@@ -86,9 +88,11 @@ pub async fn machine_note(url: &str, cfg: &Config) -> Res<()> {
          FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
          WHERE a.application_name = '{app}'"
     ))
-    .get_result(&mut conn)
+    .load::<Tls>(&mut conn)
     .await
-    .map_err(|e| format!("TLS state: {e}"))?;
+    .map_err(|e| format!("TLS state: {e}"))?
+    .pop()
+    .ok_or("TLS state: no row")?;
     drop(provider);
     let tls_note = match (tls.connections, tls.encrypted) {
         (0, _) => format!(

@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 use crate::observe::name;
 use crate::pool::Backoff;
 use crate::sql::procedures::dx_notify_channel;
+use crate::sql::reply::WholeReply;
 
 /// How often a waiter re-checks the queue while no listener is connected.
 pub(crate) const FALLBACK_POLL: Duration = Duration::from_millis(250);
@@ -161,8 +162,7 @@ async fn subscribe(
     // Bounded like every call: a connection that goes silent right after
     // opening must not hold the listener forever.
     let subscribe = async {
-        let channel: String =
-            diesel_async::RunQueryDsl::get_result(select(dx_notify_channel()), &mut conn).await?;
+        let channel: String = select(dx_notify_channel()).one(&mut conn).await?;
         conn.batch_execute(&format!("LISTEN \"{channel}\"")).await?;
         Ok::<_, crate::Error>(())
     };

@@ -67,6 +67,7 @@ mod tests {
     /// commit takes `COMMIT`: `get_result` returns some of them before the
     /// commit, `one` none.
     #[tokio::test]
+    #[allow(clippy::disallowed_methods)] // shows what `one` prevents
     async fn one_returns_only_once_the_statement_committed() {
         let url = duroxide_diesel_testkit::pg::database_url();
         let schema = duroxide_diesel_testkit::db::unique_schema("dxreply");
