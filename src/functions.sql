@@ -833,6 +833,10 @@ CREATE OR REPLACE FUNCTION duroxide.dx_fetch_orchestration(p_token text, p_lock_
  LANGUAGE plpgsql
  SET search_path TO 'duroxide'
  SET plan_cache_mode TO 'force_generic_plan'
+ SET enable_sort TO 'off'
+ SET enable_hashjoin TO 'off'
+ SET enable_mergejoin TO 'off'
+ SET enable_bitmapscan TO 'off'
 AS $function$
 DECLARE
     v_instance TEXT;
@@ -852,6 +856,17 @@ DECLARE
     v_base     BIGINT;
 BEGIN
     LOOP
+        -- A bounded number of candidates per call: every candidate tried
+        -- keeps its advisory lock until this call commits, and a commit of
+        -- that instance waits for it. A call that kept looking through a
+        -- deep queue whose first candidates were all busy would hold more
+        -- and more of them, making more candidates busy for the others:
+        -- a backlog of thousands then stalled every dispatcher. The caller
+        -- retries at once ("idle" with retry_ms 0).
+        IF pg_catalog.cardinality(v_skipped) >= 16 THEN
+            RETURN pg_catalog.jsonb_build_object('result'::TEXT, 'idle'::TEXT, 'retry_ms'::TEXT, 0::BIGINT);
+        END IF;
+
         SELECT q.instance_id INTO v_instance
         FROM orchestrator_queue q
         LEFT JOIN instance_locks l ON l.instance_id = q.instance_id

@@ -46,6 +46,14 @@ CREATE TRIGGER history_deleted AFTER DELETE ON history
     REFERENCING OLD TABLE AS dx_changed_history
     FOR EACH STATEMENT EXECUTE FUNCTION dx_history_changed();
 
+-- The fetch walks the queue in id order and stops at the first message it
+-- can claim: with a deep queue (thousands of ready messages) the generic
+-- plan of its candidate query otherwise scanned, hashed and sorted the whole
+-- queue on every call (18 ms at 10,000 messages instead of 0.3 ms), because
+-- the planner cannot know that most messages qualify. Sorts, hash and merge
+-- joins and bitmap scans are therefore turned off inside it (its other
+-- statements are index lookups; jsonb_agg's ORDER BY sorts regardless).
+--
 -- The fetch and ack of this release take one more argument (the provider's
 -- reader id). The versions without it stay, unchanged, for binaries of the
 -- previous release that are still running during a rolling deploy: they
@@ -57,6 +65,10 @@ CREATE FUNCTION dx_fetch_orchestration(p_token text, p_lock_ms bigint, p_min_ver
  LANGUAGE plpgsql
  SET search_path FROM CURRENT
  SET plan_cache_mode = force_generic_plan
+ SET enable_sort = off
+ SET enable_hashjoin = off
+ SET enable_mergejoin = off
+ SET enable_bitmapscan = off
 AS $$
 DECLARE
     v_instance TEXT;
@@ -76,6 +88,17 @@ DECLARE
     v_base     BIGINT;
 BEGIN
     LOOP
+        -- A bounded number of candidates per call: every candidate tried
+        -- keeps its advisory lock until this call commits, and a commit of
+        -- that instance waits for it. A call that kept looking through a
+        -- deep queue whose first candidates were all busy would hold more
+        -- and more of them, making more candidates busy for the others:
+        -- a backlog of thousands then stalled every dispatcher. The caller
+        -- retries at once ("idle" with retry_ms 0).
+        IF pg_catalog.cardinality(v_skipped) >= 16 THEN
+            RETURN pg_catalog.jsonb_build_object('result'::TEXT, 'idle'::TEXT, 'retry_ms'::TEXT, 0::BIGINT);
+        END IF;
+
         SELECT q.instance_id INTO v_instance
         FROM orchestrator_queue q
         LEFT JOIN instance_locks l ON l.instance_id = q.instance_id
