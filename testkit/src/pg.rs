@@ -14,7 +14,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Port of the throwaway cluster (override with DUROXIDE_TEST_PG_PORT).
-const DEFAULT_PORT: u16 = 55433;
+/// Below Linux's ephemeral range (32768-60999), like every port derived
+/// from it: a listening port inside that range can be taken at any moment
+/// by an outgoing connection's local port, and the cluster then fails to
+/// start.
+const DEFAULT_PORT: u16 = 25433;
 
 /// The benchmark cluster's port, relative to the test cluster's (override
 /// with DUROXIDE_BENCH_PG_PORT). Clear of the offsets of [`private_port`]
@@ -238,10 +242,20 @@ fn ensure_local_cluster(port: u16, durability: Durability) {
     }
     if !running {
         let log = root.join("postgres.log").to_string_lossy().to_string();
-        let out = run_pg(
-            &bin.join("pg_ctl"),
-            &["-D", &data_s, "-l", &log, "-o", &opts, "-w", "start"],
-        );
+        // A port can be briefly taken by another socket (an outgoing
+        // connection's local port): try a few times before giving up.
+        let mut attempt = 1;
+        let out = loop {
+            let out = run_pg(
+                &bin.join("pg_ctl"),
+                &["-D", &data_s, "-l", &log, "-o", &opts, "-w", "start"],
+            );
+            if out.status.success() || attempt == 4 {
+                break out;
+            }
+            attempt += 1;
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        };
         assert!(
             out.status.success(),
             "pg_ctl start failed: {}{}\nsee {log}",
