@@ -316,3 +316,49 @@ async fn history_changed_in_place_is_sent_whole() {
     s.turn(&p, "edited", 1).await;
     s.db.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_previous_releases_signatures_still_fetch_and_commit() {
+    // What a binary of the previous release sends during a rolling deploy:
+    // the fetch and ack without a reader id.
+    let s = Setup::new().await;
+    let p = s.provider(None, 100_000).await;
+    s.start(&p, "old").await;
+    p.enqueue_for_orchestrator(nudge("old", 1), None)
+        .await
+        .unwrap();
+    let fetched =
+        s.db.scalar("dx_fetch_orchestration('old-binary', 30000, NULL, NULL)")
+            .await
+            .unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&fetched).unwrap();
+    assert_eq!(doc["result"], "claimed", "{doc}");
+    assert_eq!(doc["instance"], "old");
+    assert_eq!(doc["history"].as_array().map(Vec::len), Some(1));
+    let event = serde_json::to_value(Event::with_event_id(
+        2,
+        "old",
+        INITIAL_EXECUTION_ID,
+        None,
+        EventKind::ExternalEvent {
+            name: "nudge".into(),
+            data: "1".into(),
+        },
+    ))
+    .unwrap();
+    let history =
+        serde_json::json!([{"event_id": 2, "event_type": "ExternalEvent", "event": event}]);
+    let acked = s
+        .db
+        .scalar(&format!(
+            "dx_ack_orchestration('old-binary', 1, '{history}', '[]', '[]', '{{}}', NULL, '[]', '[]', NULL)"
+        ))
+        .await
+        .unwrap();
+    assert!(acked.contains("\"committed\""), "{acked}");
+    // A provider of this release then runs the next turn on the whole
+    // history: nobody's cache holds what the old binary committed.
+    s.turn(&p, "old", 2).await;
+    assert_eq!(p.read("old").await.unwrap().len(), 3);
+    s.db.cleanup().await;
+}

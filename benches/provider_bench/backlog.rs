@@ -7,7 +7,6 @@
 //! drains them. The target: the backlog's drain rate within 20% of the
 //! steady rate.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use duroxide::Client;
@@ -15,7 +14,7 @@ use duroxide::runtime::RuntimeOptions;
 
 use crate::config::{Config, progress};
 use crate::report::{fmt_num, list, median, table};
-use crate::setup::tapped_runtime;
+use crate::setup::{start_runtime, tapped_provider, tapped_runtime};
 use crate::tap::Tap;
 use crate::{Res, WAIT};
 
@@ -80,12 +79,9 @@ async fn steady_once(url: &str, secs: u64) -> Res<f64> {
 
 /// Orchestrations per second draining `n` started before the runtime.
 async fn backlog_once(url: &str, n: usize) -> Res<f64> {
-    let schema_tag = "backlog";
-    // The runtime is started only after the backlog is in place: build the
-    // provider and client first through a runtime-less tap.
-    let provider = crate::setup::build_pg(url, &crate::setup::new_schema(schema_tag)).await?;
-    let provider: Arc<dyn duroxide::providers::Provider> = Arc::new(provider);
-    let tap = Tap::new(provider);
+    // The runtime starts only once the backlog is in place.
+    let cache = duroxide_diesel::DEFAULT_HISTORY_CACHE_EVENTS;
+    let tap = tapped_provider(url, "backlog", None, cache).await?;
     let client = Client::new(tap.clone());
     for i in 0..n {
         client
@@ -94,13 +90,7 @@ async fn backlog_once(url: &str, n: usize) -> Res<f64> {
             .map_err(|e| format!("start: {e}"))?;
     }
     let t0 = Instant::now();
-    let rt = duroxide::runtime::Runtime::start_with_options(
-        tap.clone(),
-        crate::registries::activities(),
-        crate::registries::orchestrations(),
-        options(),
-    )
-    .await;
+    let rt = start_runtime(&tap, options()).await;
     let outcome = wait_count(&tap, n, WAIT * 5).await;
     let elapsed = t0.elapsed();
     rt.shutdown(None).await;

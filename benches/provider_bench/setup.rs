@@ -74,6 +74,19 @@ pub async fn tapped_runtime_with_cache(
     options: RuntimeOptions,
     cache_events: usize,
 ) -> Res<(Arc<Tap>, Arc<Runtime>)> {
+    let tap = tapped_provider(url, tag, proxy, cache_events).await?;
+    let rt = start_runtime(&tap, options).await;
+    Ok((tap, rt))
+}
+
+/// A provider on a fresh schema tagged `tag` (see [`tapped_runtime`]),
+/// with no runtime yet.
+pub async fn tapped_provider(
+    url: &str,
+    tag: &str,
+    proxy: Option<&Arc<ProxyThread>>,
+    cache_events: usize,
+) -> Res<Arc<Tap>> {
     let schema = new_schema(tag);
     let purl = proxy.map_or_else(|| url.to_owned(), |h| h.proxy().url(url));
     let provider: Arc<dyn Provider> =
@@ -83,9 +96,12 @@ pub async fn tapped_runtime_with_cache(
         let h = Arc::clone(h);
         let _ = tap.probe.set(Box::new(move || h.proxy().snapshot()));
     }
-    let rt =
-        Runtime::start_with_options(tap.clone(), activities(), orchestrations(), options).await;
-    Ok((tap, rt))
+    Ok(tap)
+}
+
+/// A runtime of the benchmark's registries on `tap` with `options`.
+pub async fn start_runtime(tap: &Arc<Tap>, options: RuntimeOptions) -> Arc<Runtime> {
+    Runtime::start_with_options(tap.clone(), activities(), orchestrations(), options).await
 }
 
 /// Drops the run's schemas and removes its SQLite files.

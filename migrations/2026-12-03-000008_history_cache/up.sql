@@ -55,10 +55,9 @@ CREATE TRIGGER history_deleted AFTER DELETE ON history
 -- statements are index lookups; jsonb_agg's ORDER BY sorts regardless).
 --
 -- The fetch and ack of this release take one more argument (the provider's
--- reader id). The versions without it stay, unchanged, for binaries of the
--- previous release that are still running during a rolling deploy: they
--- neither read nor write the turn columns, and what they append keeps every
--- cached prefix valid (history is append-only), so both can run at once.
+-- reader id). The signatures without it, which binaries of the previous
+-- release call during a rolling deploy, become calls of these with no reader
+-- (see the end of this file).
 
 CREATE FUNCTION dx_fetch_orchestration(p_token text, p_lock_ms bigint, p_min_version integer[], p_max_version integer[], p_reader text)
  RETURNS jsonb
@@ -487,3 +486,23 @@ BEGIN
                                          'events'::TEXT, v_events);
 END
 $$;
+
+-- The previous release's signatures: the functions above without a reader.
+-- Such a caller gets whole histories and commits turns that no provider's
+-- cache can build on (no reader); the documents it receives only gain
+-- fields, which its decoder ignores. Both releases can run at once.
+CREATE OR REPLACE FUNCTION dx_fetch_orchestration(p_token TEXT, p_lock_ms BIGINT, p_min_version INT[],
+                                                  p_max_version INT[])
+RETURNS JSONB
+LANGUAGE sql SET search_path FROM CURRENT
+AS $$ SELECT dx_fetch_orchestration(p_token, p_lock_ms, p_min_version, p_max_version, NULL::TEXT) $$;
+
+CREATE OR REPLACE FUNCTION dx_ack_orchestration(p_token TEXT, p_execution_id BIGINT, p_history JSONB,
+                                                p_worker_items JSONB, p_orchestrator_items JSONB,
+                                                p_metadata JSONB, p_custom_status JSONB, p_kv_ops JSONB,
+                                                p_cancelled JSONB, p_claim JSONB)
+RETURNS JSONB
+LANGUAGE sql SET search_path FROM CURRENT
+AS $$ SELECT dx_ack_orchestration(p_token, p_execution_id, p_history, p_worker_items,
+                                  p_orchestrator_items, p_metadata, p_custom_status, p_kv_ops,
+                                  p_cancelled, p_claim, NULL::TEXT) $$;

@@ -76,32 +76,32 @@ async fn turn_history(
     c: &mut ClaimedOrchestration,
 ) -> Result<Result<Vec<Event>>> {
     let cache = &p.history_cache;
-    let delta = match codec::decode_history(std::mem::take(&mut c.history)) {
-        Ok(delta) => delta,
-        Err(e) => {
-            cache.forget(&c.instance);
-            return Ok(Err(e));
-        }
-    };
-    let (history, stamp) = match c.history_base.take() {
-        None => (delta, None),
-        Some(base) => match cache.assemble(&c.instance, c.execution_id, &base, &delta) {
-            Some(history) => (history, Some(base.token)),
-            None => {
-                let rows =
-                    super::history::execution_rows(conn, &c.instance, c.execution_id).await?;
-                match codec::decode_history(rows) {
-                    Ok(history) => (history, None),
-                    Err(e) => {
-                        cache.forget(&c.instance);
-                        return Ok(Err(e));
-                    }
+    let sent = std::mem::take(&mut c.history);
+    // The history and the base it was assembled on, if any.
+    let assembled = match (codec::decode_history(sent), c.history_base.take()) {
+        (Err(e), _) => Err(e),
+        (Ok(whole), None) => Ok((whole, None)),
+        (Ok(delta), Some(base)) => {
+            match cache.assemble(&c.instance, c.execution_id, &base, &delta) {
+                Some(history) => Ok((history, Some(base.token))),
+                None => {
+                    let rows =
+                        super::history::execution_rows(conn, &c.instance, c.execution_id).await?;
+                    codec::decode_history(rows).map(|whole| (whole, None))
                 }
             }
-        },
+        }
     };
-    cache.fetched(&c.instance, c.execution_id, &history, &c.lock_token, stamp);
-    Ok(Ok(history))
+    match assembled {
+        Ok((history, stamp)) => {
+            cache.fetched(&c.instance, c.execution_id, &history, &c.lock_token, stamp);
+            Ok(Ok(history))
+        }
+        Err(e) => {
+            cache.forget(&c.instance);
+            Ok(Err(e))
+        }
+    }
 }
 
 /// `[major, minor, patch]` as the procedures' `INT[]`.
