@@ -7,6 +7,7 @@
 //! drains them. The target: the backlog's drain rate within 20% of the
 //! steady rate.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use duroxide::Client;
@@ -19,9 +20,9 @@ use crate::tap::Tap;
 use crate::{Res, WAIT};
 
 /// Orchestrations kept running in the steady-state measurement.
-const IN_FLIGHT: usize = 32;
+pub const IN_FLIGHT: usize = 32;
 
-fn options() -> RuntimeOptions {
+pub fn options() -> RuntimeOptions {
     RuntimeOptions {
         orchestration_concurrency: 4,
         worker_concurrency: 4,
@@ -29,52 +30,64 @@ fn options() -> RuntimeOptions {
     }
 }
 
-/// Orchestrations per second with `IN_FLIGHT` running at any time.
+/// Orchestrations per second with `IN_FLIGHT` running at any time, on a
+/// fresh schema.
 async fn steady_once(url: &str, secs: u64) -> Res<f64> {
     let (tap, rt) = tapped_runtime(url, "steady", None, options()).await?;
-    let client = Client::new(tap.clone());
-    let outcome = async {
-        let mut started = 0usize;
-        let mut start = |client: &Client, n: usize| {
-            let ids: Vec<String> = (started..started + n).map(|i| format!("s{i}")).collect();
-            started += n;
-            let client = client.clone();
-            async move {
-                for id in ids {
-                    client
-                        .start_orchestration(&id, "One", "x")
-                        .await
-                        .map_err(|e| format!("start: {e}"))?;
-                }
-                Ok::<_, String>(())
-            }
-        };
-        // Warm-up: the first IN_FLIGHT complete before the clock starts.
-        start(&client, IN_FLIGHT).await?;
-        wait_count(&tap, IN_FLIGHT, WAIT).await?;
-        start(&client, IN_FLIGHT).await?;
-        let base = tap.done_count();
-        let t0 = Instant::now();
-        let window = Duration::from_secs(secs);
-        let mut seen = base;
-        while t0.elapsed() < window {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            let now = tap.done_count();
-            if now > seen {
-                start(&client, now - seen).await?;
-                seen = now;
-            }
-        }
-        let done = tap.done_count() - base;
-        let failed = tap.failed_count();
-        if failed > 0 {
-            return Err(format!("{failed} orchestrations failed"));
-        }
-        Ok(done as f64 / t0.elapsed().as_secs_f64())
-    }
-    .await;
+    let outcome = steady_rate(&tap, secs, "s").await;
     rt.shutdown(None).await;
     outcome
+}
+
+/// Orchestrations per second on `tap` (whose runtime runs) with
+/// `IN_FLIGHT` running at any time for `secs`, after a warm-up of
+/// `IN_FLIGHT`; instance ids start with `prefix`. Returns once every
+/// orchestration it started has ended.
+pub async fn steady_rate(tap: &Arc<Tap>, secs: u64, prefix: &str) -> Res<f64> {
+    let client = Client::new(tap.clone());
+    let failed_before = tap.failed_count();
+    let mut started = 0usize;
+    let mut start = |client: &Client, n: usize| {
+        let ids: Vec<String> = (started..started + n)
+            .map(|i| format!("{prefix}{i}"))
+            .collect();
+        started += n;
+        let client = client.clone();
+        async move {
+            for id in ids {
+                client
+                    .start_orchestration(&id, "One", "x")
+                    .await
+                    .map_err(|e| format!("start: {e}"))?;
+            }
+            Ok::<_, String>(())
+        }
+    };
+    // Warm-up: the first IN_FLIGHT complete before the clock starts.
+    let origin = tap.done_count();
+    start(&client, IN_FLIGHT).await?;
+    wait_count(tap, origin + IN_FLIGHT, WAIT).await?;
+    start(&client, IN_FLIGHT).await?;
+    let base = tap.done_count();
+    let t0 = Instant::now();
+    let window = Duration::from_secs(secs);
+    let mut seen = base;
+    while t0.elapsed() < window {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let now = tap.done_count();
+        if now > seen {
+            start(&client, now - seen).await?;
+            seen = now;
+        }
+    }
+    let rate = (tap.done_count() - base) as f64 / t0.elapsed().as_secs_f64();
+    // The ones still in flight end before the next measurement starts.
+    wait_count(tap, origin + IN_FLIGHT + (seen - base) + IN_FLIGHT, WAIT).await?;
+    let failed = tap.failed_count() - failed_before;
+    if failed > 0 {
+        return Err(format!("{failed} orchestrations failed"));
+    }
+    Ok(rate)
 }
 
 /// Orchestrations per second draining `n` started before the runtime.
@@ -102,7 +115,7 @@ async fn backlog_once(url: &str, n: usize) -> Res<f64> {
     Ok(n as f64 / elapsed.as_secs_f64())
 }
 
-async fn wait_count(tap: &Tap, n: usize, within: Duration) -> Res<()> {
+pub async fn wait_count(tap: &Tap, n: usize, within: Duration) -> Res<()> {
     let deadline = Instant::now() + within;
     while tap.done_count() < n {
         if Instant::now() > deadline {

@@ -28,7 +28,7 @@ impl Config {
             samples: num("DXBENCH_SAMPLES", if quick { 20 } else { 100 }).max(1) as usize,
             idle_secs: num("DXBENCH_IDLE_SECS", if quick { 3 } else { 10 }).max(1),
             idle_warmup: Duration::from_secs(if quick { 1 } else { 3 }),
-            sections: std::env::var("DXBENCH_SECTIONS").unwrap_or_else(|_| "abcdefgh".to_owned()),
+            sections: std::env::var("DXBENCH_SECTIONS").unwrap_or_else(|_| "abcdefghij".to_owned()),
         }
     }
 

@@ -1,4 +1,4 @@
-//! Side-by-side benchmark of the PostgreSQL provider (issue 4).
+//! Side-by-side benchmark of the PostgreSQL provider.
 //!
 //! Run: `cargo bench --bench provider_bench` (release build, ~4-6 minutes).
 //! Smoke test: `DXBENCH_QUICK=1 cargo bench --bench provider_bench`.
@@ -20,7 +20,13 @@
 //!       of 20, 200 and 1000 activities (turn cost against history length),
 //!       with the history cache on and off;
 //!   (h) [`backlog`]: the drain rate of 10,000 orchestrations started at
-//!       once against the steady-state rate.
+//!       once against the steady-state rate;
+//!   (i) [`processes`]: 1, 2 and 4 runtimes in separate processes (this
+//!       binary in child mode) draining one backlog on one schema: total
+//!       rate, each process's share, CPU per orchestration;
+//!   (j) [`churn`]: the steady rate of (h) on one schema, fresh and after
+//!       200,000 orchestrations completed on it (`DXBENCH_CHURN`), keeping
+//!       or pruning completed instances (about 25 minutes of the full run).
 //!
 //! Conditions: the server's durable defaults (fsync, synchronous_commit and
 //! full_page_writes on). Without `DATABASE_URL` the testkit starts a
@@ -34,10 +40,11 @@
 //!
 //! Knobs (environment): DXBENCH_QUICK=1 (1 run, 3 s stress, fewer samples),
 //! DXBENCH_RUNS, DXBENCH_STRESS_SECS, DXBENCH_SAMPLES (dispatch latency),
-//! DXBENCH_IDLE_SECS, DXBENCH_SECTIONS (e.g. "bd"), DATABASE_URL,
+//! DXBENCH_IDLE_SECS, DXBENCH_CHURN, DXBENCH_SECTIONS (e.g. "bd"), DATABASE_URL,
 //! DUROXIDE_BENCH_PG_PORT, RUST_LOG.
 
 mod backlog;
+mod churn;
 mod conditions;
 mod config;
 mod dispatch;
@@ -45,6 +52,7 @@ mod history_length;
 mod idle;
 mod per_call;
 mod pooler;
+mod processes;
 mod registries;
 mod report;
 mod sequential;
@@ -97,6 +105,8 @@ async fn run(cfg: Config) -> Res<()> {
     run_section!('f', f, pooler::run(&url, &cfg));
     run_section!('g', g, history_length::run(&url, &cfg));
     run_section!('h', h, backlog::run(&url, &cfg));
+    run_section!('i', i, processes::run(&url, &cfg));
+    run_section!('j', j, churn::run(&url, &cfg));
     targets::print_targets(&results);
     println!(
         "total benchmark time: {:.0} s",
@@ -123,6 +133,10 @@ fn main() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+    if std::env::var_os(processes::CHILD_ENV).is_some() {
+        processes::child_main();
+        return;
+    }
     let cfg = Config::from_env();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

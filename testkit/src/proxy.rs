@@ -25,10 +25,20 @@
 //! Self-contained (std + tokio only): it proxies any TCP protocol, not only
 //! PostgreSQL's.
 //!
-//! ```ignore
-//! let proxy = Proxy::for_url(&url, Duration::from_millis(25)).await?;
-//! let provider = PostgresProvider::builder(&proxy.url(&url)).build().await?;
-//! let (result, round_trips) = proxy.measure(provider.read("i")).await;
+//! ```no_run
+//! # async fn f(url: &str) -> std::io::Result<()> {
+//! use std::time::Duration;
+//! use duroxide_diesel_testkit::proxy::Proxy;
+//!
+//! // 25 ms each way between the client and the server at `url`.
+//! let proxy = Proxy::for_url(url, Duration::from_millis(25)).await?;
+//! // Give the client under test this URL instead of `url`.
+//! let proxied = proxy.url(url);
+//! // Round trips that crossed the proxy while the future ran.
+//! let ((), round_trips) = proxy.measure(async { /* calls through `proxied` */ }).await;
+//! # let _ = (proxied, round_trips);
+//! # Ok(())
+//! # }
 //! ```
 
 use std::future::Future;

@@ -1,0 +1,593 @@
+//! duroxide's parallel-orchestrations stress test on duroxide-diesel, on
+//! duroxide-pg and on duroxide's SQLite providers, side by side in one run:
+//! throughput, and CPU per completed orchestration on each side of the
+//! connection; then again behind a TCP proxy that delays every packet.
+//!
+//! Run (release build, about 15 minutes with the defaults):
+//!
+//! ```text
+//! cargo run --release --manifest-path tools/compare-duroxide-pg/Cargo.toml
+//! ```
+//!
+//! Knobs (environment): `COMPARE_RUNS` (default 3, runs interleaved),
+//! `COMPARE_SECS` (seconds per stress run, default 10), `COMPARE_DELAYS`
+//! (one-way delays in ms added by the proxy, default `0,0.5,2`; 0 means a
+//! direct connection), `COMPARE_CONC` (orch:worker concurrencies, default
+//! `1:1,2:2`), `DATABASE_URL` (otherwise the benchmark's throwaway cluster,
+//! see the testkit), `RUST_LOG`.
+//!
+//! CPU is read from `/proc`: the client is this process (runtime, provider
+//! and, behind the proxy, the proxy thread, so client CPU is reported for
+//! direct runs only); the server is the postmaster and every process it
+//! started (backends, WAL writer, checkpointer, autovacuum), counted
+//! through the postmaster's reaped-children times once a backend exits. So
+//! the server must run on this machine for the server column.
+//!
+//! A last pass runs duroxide-diesel alone with `track_functions = pl` and
+//! prints server time per stored function per orchestration
+//! (`pg_stat_user_functions`), kept apart so the timing overhead does not
+//! touch the comparison.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use diesel::QueryableByName;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use duroxide::provider_stress_tests::parallel_orchestrations::{
+    ProviderStressFactory, run_parallel_orchestrations_test_with_config,
+};
+use duroxide::provider_stress_tests::{StressTestConfig, StressTestResult};
+use duroxide::providers::Provider;
+use duroxide::providers::sqlite::SqliteProvider;
+use duroxide_diesel_testkit::{db, pg, proxy::ProxyThread};
+
+type Res<T> = Result<T, String>;
+
+/// The providers under comparison.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Diesel,
+    DuroxidePg,
+    SqliteFile,
+    SqliteMemory,
+}
+
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Diesel => "duroxide-diesel",
+            Kind::DuroxidePg => "duroxide-pg 0.1.38",
+            Kind::SqliteFile => "SQLite file (duroxide)",
+            Kind::SqliteMemory => "SQLite in memory (duroxide)",
+        }
+    }
+
+    fn is_postgres(self) -> bool {
+        matches!(self, Kind::Diesel | Kind::DuroxidePg)
+    }
+}
+
+/// Builds one provider per stress run on a fresh schema or file.
+struct Factory {
+    kind: Kind,
+    url: String,
+    schemas: Arc<Mutex<Vec<String>>>,
+    files: Arc<Mutex<Vec<std::path::PathBuf>>>,
+}
+
+#[async_trait::async_trait]
+impl ProviderStressFactory for Factory {
+    async fn create_provider(&self) -> Arc<dyn Provider> {
+        let schema = |tag: &str| {
+            let s = db::unique_schema(tag);
+            self.schemas.lock().unwrap().push(s.clone());
+            s
+        };
+        match self.kind {
+            Kind::Diesel => {
+                let s = schema("dxcmp_d");
+                Arc::new(
+                    duroxide_diesel::PostgresProvider::new_with_schema(&self.url, Some(&s))
+                        .await
+                        .unwrap_or_else(|e| panic!("duroxide-diesel on {s}: {e}")),
+                )
+            }
+            Kind::DuroxidePg => {
+                let s = schema("dxcmp_p");
+                Arc::new(
+                    duroxide_pg::PostgresProvider::new_with_schema(&self.url, Some(&s))
+                        .await
+                        .unwrap_or_else(|e| panic!("duroxide-pg on {s}: {e}")),
+                )
+            }
+            Kind::SqliteFile => {
+                let path =
+                    std::env::temp_dir().join(format!("dxcmp-{:016x}.db", rand::random::<u64>()));
+                std::fs::File::create(&path).expect("create SQLite file");
+                self.files.lock().unwrap().push(path.clone());
+                Arc::new(
+                    SqliteProvider::new(&format!("sqlite:{}", path.display()), None)
+                        .await
+                        .expect("open SQLite file"),
+                )
+            }
+            Kind::SqliteMemory => Arc::new(
+                SqliteProvider::new_in_memory()
+                    .await
+                    .expect("open SQLite in memory"),
+            ),
+        }
+    }
+}
+
+/// CPU time used so far, in clock ticks.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    client: u64,
+    server: u64,
+}
+
+/// `(utime + stime, cutime + cstime, ppid)` of a process, in clock ticks.
+fn proc_times(pid: &str) -> Option<(u64, u64, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces; the fields after it do not.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
+    Some((n(11)? + n(12)?, n(13)? + n(14)?, n(1)? as u32))
+}
+
+fn cpu_now(postmaster: Option<u32>) -> Cpu {
+    let client = proc_times("self").map_or(0, |t| t.0);
+    let server = postmaster.map_or(0, |pm| {
+        let own = proc_times(&pm.to_string()).map_or(0, |(t, reaped, _)| t + reaped);
+        let children: u64 = std::fs::read_dir("/proc")
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+                    .filter_map(|n| proc_times(&n))
+                    .filter(|(_, _, ppid)| *ppid == pm)
+                    .map(|(t, _, _)| t)
+                    .sum()
+            })
+            .unwrap_or(0);
+        own + children
+    });
+    Cpu { client, server }
+}
+
+fn ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// The postmaster's pid, when the server's data directory is readable here.
+async fn postmaster_pid(url: &str) -> Option<u32> {
+    let dir = db::scalar(url, "current_setting('data_directory')")
+        .await
+        .ok()??;
+    let pid = std::fs::read_to_string(std::path::Path::new(&dir).join("postmaster.pid")).ok()?;
+    pid.lines().next()?.trim().parse().ok()
+}
+
+/// One provider's runs at one delay and concurrency.
+#[derive(Default)]
+struct Cell {
+    orch: Vec<f64>,
+    completed: usize,
+    launched: usize,
+    failed: usize,
+    client_ticks: u64,
+    server_ticks: u64,
+}
+
+impl Cell {
+    fn add(&mut self, r: &StressTestResult, before: Cpu, after: Cpu) {
+        self.orch.push(r.orch_throughput);
+        self.completed += r.completed;
+        self.launched += r.launched;
+        self.failed += r.failed;
+        self.client_ticks += after.client.saturating_sub(before.client);
+        self.server_ticks += after.server.saturating_sub(before.server);
+    }
+
+    /// CPU milliseconds per completed orchestration.
+    fn per_orch(&self, ticks: u64, hz: f64) -> f64 {
+        if self.completed == 0 {
+            return f64::NAN;
+        }
+        ticks as f64 * 1000.0 / hz / self.completed as f64
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+fn num(x: f64) -> String {
+    if x.is_nan() {
+        "-".to_owned()
+    } else if x >= 100.0 {
+        format!("{x:.0}")
+    } else if x >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+fn table(header: &[&str], rows: &[Vec<String>]) {
+    println!("| {} |", header.join(" | "));
+    println!("|{}", "---|".repeat(header.len()));
+    for r in rows {
+        println!("| {} |", r.join(" | "));
+    }
+    println!();
+}
+
+struct Settings {
+    runs: usize,
+    secs: u64,
+    delays: Vec<f64>,
+    concs: Vec<(usize, usize)>,
+}
+
+impl Settings {
+    fn from_env() -> Res<Self> {
+        let var = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_owned());
+        let parse_num = |k: &str, v: String| -> Res<u64> {
+            v.parse().map_err(|_| format!("{k}: not a number: {v}"))
+        };
+        let delays = var("COMPARE_DELAYS", "0,0.5,2")
+            .split(',')
+            .map(|d| {
+                d.trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|d| *d >= 0.0)
+                    .ok_or_else(|| format!("COMPARE_DELAYS: not a delay in ms: {d}"))
+            })
+            .collect::<Res<Vec<_>>>()?;
+        let concs = var("COMPARE_CONC", "1:1,2:2")
+            .split(',')
+            .map(|c| {
+                let (o, w) = c
+                    .trim()
+                    .split_once(':')
+                    .ok_or_else(|| format!("COMPARE_CONC: not orch:worker: {c}"))?;
+                let p = |x: &str| {
+                    x.parse::<usize>()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| format!("COMPARE_CONC: not a concurrency: {c}"))
+                };
+                Ok((p(o)?, p(w)?))
+            })
+            .collect::<Res<Vec<_>>>()?;
+        Ok(Self {
+            runs: parse_num("COMPARE_RUNS", var("COMPARE_RUNS", "3"))?.max(1) as usize,
+            secs: parse_num("COMPARE_SECS", var("COMPARE_SECS", "10"))?.max(1),
+            delays,
+            concs,
+        })
+    }
+}
+
+fn stress_config(secs: u64, conc: (usize, usize)) -> StressTestConfig {
+    StressTestConfig {
+        max_concurrent: 20,
+        duration_secs: secs,
+        tasks_per_instance: 5,
+        activity_delay_ms: 1,
+        orch_concurrency: conc.0,
+        worker_concurrency: conc.1,
+        ..Default::default()
+    }
+}
+
+#[derive(QueryableByName)]
+struct FunctionTime {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    funcname: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    calls: i64,
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    total_ms: f64,
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    self_ms: f64,
+}
+
+/// duroxide-diesel alone with `track_functions = pl`: server time per
+/// stored function per completed orchestration.
+async fn function_times(
+    url: &str,
+    s: &Settings,
+    schemas: &Arc<Mutex<Vec<String>>>,
+    files: &Arc<Mutex<Vec<std::path::PathBuf>>>,
+) -> Res<()> {
+    let tracked = pg::url_with_settings(url, &["track_functions=pl"]);
+    for conc in &s.concs {
+        let factory = Factory {
+            kind: Kind::Diesel,
+            url: tracked.clone(),
+            schemas: Arc::clone(schemas),
+            files: Arc::clone(files),
+        };
+        eprintln!("[compare] function times, {}:{}", conc.0, conc.1);
+        // The factory names the schema; remember which one this pass made.
+        let before = schemas.lock().unwrap().len();
+        let r =
+            run_parallel_orchestrations_test_with_config(&factory, stress_config(s.secs, *conc))
+                .await
+                .map_err(|e| format!("stress (function times): {e}"))?;
+        let made: Vec<String> = schemas.lock().unwrap()[before..].to_vec();
+        // Backends report their function statistics when they exit (the
+        // pool closed with the provider) or within a second when idle.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut conn = AsyncPgConnection::establish(url)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let list = made
+            .iter()
+            .map(|m| format!("'{}'", m.replace('\'', "''")))
+            .collect::<Vec<_>>()
+            .join(",");
+        let rows: Vec<FunctionTime> = diesel::sql_query(format!(
+            "SELECT funcname::text AS funcname, sum(calls)::bigint AS calls, \
+             sum(total_time)::float8 AS total_ms, sum(self_time)::float8 AS self_ms \
+             FROM pg_stat_user_functions WHERE schemaname IN ({list}) \
+             GROUP BY funcname ORDER BY 3 DESC"
+        ))
+        .load(&mut conn)
+        .await
+        .map_err(|e| format!("pg_stat_user_functions: {e}"))?;
+        let n = r.completed.max(1) as f64;
+        println!(
+            "server time per stored function, duroxide-diesel, {}:{}, {} orchestrations completed \
+             ({} orch/s; track_functions=pl adds its own timing overhead)",
+            conc.0,
+            conc.1,
+            r.completed,
+            num(r.orch_throughput)
+        );
+        let total: f64 = rows.iter().map(|r| r.self_ms).sum();
+        let mut out: Vec<Vec<String>> = rows
+            .iter()
+            .map(|f| {
+                vec![
+                    f.funcname.clone(),
+                    num(f.calls as f64 / n),
+                    num(f.total_ms / f.calls.max(1) as f64),
+                    num(f.self_ms / n),
+                    format!("{:.0}%", 100.0 * f.self_ms / total.max(f64::MIN_POSITIVE)),
+                ]
+            })
+            .collect();
+        out.push(vec![
+            "all functions".to_owned(),
+            String::new(),
+            String::new(),
+            num(total / n),
+            "100%".to_owned(),
+        ]);
+        table(
+            &[
+                "function",
+                "calls/orch",
+                "ms/call (total)",
+                "self ms/orch",
+                "share",
+            ],
+            &out,
+        );
+    }
+    Ok(())
+}
+
+async fn run() -> Res<()> {
+    let s = Settings::from_env()?;
+    let url = tokio::task::spawn_blocking(pg::benchmark_database_url)
+        .await
+        .map_err(|e| format!("start PostgreSQL: {e}"))?;
+    let postmaster = postmaster_pid(&url).await;
+    let hz = ticks_per_second();
+    let settings = db::scalar(
+        &url,
+        "current_setting('server_version') || ', fsync=' || current_setting('fsync') || \
+         ', synchronous_commit=' || current_setting('synchronous_commit') || \
+         ', full_page_writes=' || current_setting('full_page_writes') || \
+         ', ssl=' || current_setting('ssl')",
+    )
+    .await
+    .map_err(|e| format!("server settings: {e}"))?
+    .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!("== duroxide-diesel vs duroxide-pg vs SQLite ==");
+    println!(
+        "PostgreSQL {settings}; {cores} cores; runtime, providers, proxy and server share them; \
+         server CPU {}",
+        if postmaster.is_some() {
+            "read from /proc"
+        } else {
+            "not available (server not on this machine)"
+        }
+    );
+    println!(
+        "duroxide parallel-orchestrations stress test: max_concurrent 20, {} s, 5 activities of \
+         1 ms per orchestration; median of {} run(s), providers interleaved in every run",
+        s.secs, s.runs
+    );
+    println!();
+
+    let schemas = Arc::new(Mutex::new(Vec::new()));
+    let files = Arc::new(Mutex::new(Vec::new()));
+    let mut outcome = Ok(());
+    for &delay in &s.delays {
+        let proxy = if delay > 0.0 {
+            Some(
+                ProxyThread::for_url(&url, Duration::from_secs_f64(delay / 1000.0))
+                    .await
+                    .map_err(|e| format!("start proxy: {e}"))?,
+            )
+        } else {
+            None
+        };
+        let target = proxy
+            .as_ref()
+            .map_or_else(|| url.clone(), |p| p.proxy().url(&url));
+        let kinds: &[Kind] = if proxy.is_some() {
+            &[Kind::Diesel, Kind::DuroxidePg]
+        } else {
+            &[
+                Kind::Diesel,
+                Kind::DuroxidePg,
+                Kind::SqliteFile,
+                Kind::SqliteMemory,
+            ]
+        };
+        let mut cells: Vec<((usize, usize), Kind, Cell)> = s
+            .concs
+            .iter()
+            .flat_map(|c| kinds.iter().map(move |k| (*c, *k, Cell::default())))
+            .collect();
+        for run in 0..s.runs {
+            for (conc, kind, cell) in cells.iter_mut() {
+                eprintln!(
+                    "[compare] delay {delay} ms, {}:{}, {}, run {}/{}",
+                    conc.0,
+                    conc.1,
+                    kind.label(),
+                    run + 1,
+                    s.runs
+                );
+                let factory = Factory {
+                    kind: *kind,
+                    url: target.clone(),
+                    schemas: Arc::clone(&schemas),
+                    files: Arc::clone(&files),
+                };
+                let before = cpu_now(postmaster);
+                let r = run_parallel_orchestrations_test_with_config(
+                    &factory,
+                    stress_config(s.secs, *conc),
+                )
+                .await
+                .map_err(|e| format!("stress on {}: {e}", kind.label()))?;
+                let after = cpu_now(postmaster);
+                cell.add(&r, before, after);
+            }
+        }
+        println!(
+            "{}",
+            if delay > 0.0 {
+                format!(
+                    "behind the proxy: +{delay} ms each way ({} ms RTT added)",
+                    2.0 * delay
+                )
+            } else {
+                "direct connection".to_owned()
+            }
+        );
+        let mut rows = Vec::new();
+        for conc in &s.concs {
+            let pg_rate = cells
+                .iter()
+                .find(|(c, k, _)| c == conc && *k == Kind::DuroxidePg)
+                .map_or(f64::NAN, |(_, _, cell)| median(&cell.orch));
+            for (_, kind, cell) in cells.iter().filter(|(c, _, _)| c == conc) {
+                let rate = median(&cell.orch);
+                let direct = proxy.is_none();
+                rows.push(vec![
+                    format!("{}:{}", conc.0, conc.1),
+                    kind.label().to_owned(),
+                    num(rate),
+                    format!("{}x", num(rate / pg_rate)),
+                    format!("{}", cell.failed),
+                    format!("{}/{}", cell.completed, cell.launched),
+                    if direct {
+                        num(cell.per_orch(cell.client_ticks, hz))
+                    } else {
+                        "-".to_owned()
+                    },
+                    if kind.is_postgres() && postmaster.is_some() {
+                        num(cell.per_orch(cell.server_ticks, hz))
+                    } else {
+                        "-".to_owned()
+                    },
+                    cell.orch
+                        .iter()
+                        .map(|x| num(*x))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ]);
+            }
+        }
+        table(
+            &[
+                "orch:worker",
+                "provider",
+                "orch/s",
+                "vs duroxide-pg",
+                "failed",
+                "completed/launched",
+                "client CPU ms/orch",
+                "server CPU ms/orch",
+                "orch/s per run",
+            ],
+            &rows,
+        );
+        // Failures of the other providers are theirs to explain and show
+        // in the table; failures of this crate's provider fail the run.
+        if cells
+            .iter()
+            .any(|(_, k, c)| *k == Kind::Diesel && c.failed > 0)
+        {
+            outcome = Err("duroxide-diesel orchestrations failed (see the tables)".to_owned());
+        }
+    }
+    if s.delays.contains(&0.0) {
+        function_times(&url, &s, &schemas, &files).await?;
+    }
+    let made = std::mem::take(&mut *schemas.lock().unwrap());
+    for schema in made {
+        if let Err(e) = db::drop_schema(&url, &schema).await {
+            eprintln!("[compare] could not drop schema {schema}: {e}");
+        }
+    }
+    for f in std::mem::take(&mut *files.lock().unwrap()) {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut p = f.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(std::path::PathBuf::from(p));
+        }
+    }
+    outcome
+}
+
+fn main() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = rt.block_on(run()) {
+        eprintln!("compare-duroxide-pg failed: {e}");
+        std::process::exit(1);
+    }
+}
