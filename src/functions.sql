@@ -780,12 +780,16 @@ $function$;
 
 CREATE OR REPLACE FUNCTION duroxide.dx_instance_key(p_instance text)
  RETURNS bigint
- LANGUAGE sql
+ LANGUAGE plpgsql
  STABLE
  SET search_path TO 'duroxide'
 AS $function$
-    SELECT pg_catalog.hashtextextended(pg_catalog.current_schema()::TEXT || '/'::TEXT || p_instance,
-                                       0::BIGINT)
+BEGIN
+    RETURN pg_catalog.hashtextextended(
+        pg_catalog.current_schema()::TEXT OPERATOR(pg_catalog.||) '/'::TEXT
+            OPERATOR(pg_catalog.||) p_instance,
+        0::BIGINT);
+END
 $function$;
 
 CREATE OR REPLACE FUNCTION duroxide.dx_instance_tree(p_root text)
@@ -808,22 +812,26 @@ $function$;
 
 CREATE OR REPLACE FUNCTION duroxide.dx_ms_until(t timestamp with time zone)
  RETURNS bigint
- LANGUAGE sql
+ LANGUAGE plpgsql
  STABLE STRICT
  SET search_path TO 'duroxide'
 AS $function$
-    SELECT greatest(0::NUMERIC,
-                    pg_catalog.ceil(extract(epoch FROM (t - pg_catalog.now()))::NUMERIC
-                                    * 1000::NUMERIC))::BIGINT
+BEGIN
+    RETURN greatest(0::NUMERIC,
+                    pg_catalog.ceil(extract(epoch FROM (t OPERATOR(pg_catalog.-) pg_catalog.now()))::NUMERIC
+                                    OPERATOR(pg_catalog.*) 1000::NUMERIC))::BIGINT;
+END
 $function$;
 
 CREATE OR REPLACE FUNCTION duroxide.dx_notify_channel()
  RETURNS text
- LANGUAGE sql
+ LANGUAGE plpgsql
  STABLE
  SET search_path TO 'duroxide'
 AS $function$
-    SELECT 'duroxide_'::TEXT || pg_catalog.md5(pg_catalog.current_schema())
+BEGIN
+    RETURN 'duroxide_'::TEXT || pg_catalog.md5(pg_catalog.current_schema()::TEXT);
+END
 $function$;
 
 CREATE OR REPLACE FUNCTION duroxide.dx_prune_executions(p_instance text, p_keep_last integer, p_completed_before_ms bigint)

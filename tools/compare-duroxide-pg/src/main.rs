@@ -13,7 +13,8 @@
 //! `COMPARE_SECS` (seconds per stress run, default 10), `COMPARE_DELAYS`
 //! (one-way delays in ms added by the proxy, default `0,0.5,2`; 0 means a
 //! direct connection), `COMPARE_CONC` (orch:worker concurrencies, default
-//! `1:1,2:2`), `DATABASE_URL` (otherwise the benchmark's throwaway cluster,
+//! `1:1,2:2`), `COMPARE_PROVIDERS` (any of `diesel,pg,sqlite-file,sqlite-memory`,
+//! default all; the SQLite ones run only without added delay), `DATABASE_URL` (otherwise the benchmark's throwaway cluster,
 //! see the testkit), `RUST_LOG`.
 //!
 //! CPU is read from `/proc`: the client is this process (runtime, provider
@@ -59,6 +60,16 @@ impl Kind {
             Kind::DuroxidePg => "duroxide-pg 0.1.38",
             Kind::SqliteFile => "SQLite file (duroxide)",
             Kind::SqliteMemory => "SQLite in memory (duroxide)",
+        }
+    }
+
+    /// The name `COMPARE_PROVIDERS` selects it by.
+    fn key(self) -> &'static str {
+        match self {
+            Kind::Diesel => "diesel",
+            Kind::DuroxidePg => "pg",
+            Kind::SqliteFile => "sqlite-file",
+            Kind::SqliteMemory => "sqlite-memory",
         }
     }
 
@@ -237,6 +248,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
 }
 
 struct Settings {
+    providers: Vec<Kind>,
     runs: usize,
     secs: u64,
     delays: Vec<f64>,
@@ -275,7 +287,22 @@ impl Settings {
                 Ok((p(o)?, p(w)?))
             })
             .collect::<Res<Vec<_>>>()?;
+        let all = [
+            Kind::Diesel,
+            Kind::DuroxidePg,
+            Kind::SqliteFile,
+            Kind::SqliteMemory,
+        ];
+        let providers = var("COMPARE_PROVIDERS", "diesel,pg,sqlite-file,sqlite-memory")
+            .split(',')
+            .map(|p| {
+                all.into_iter()
+                    .find(|k| k.key() == p.trim())
+                    .ok_or_else(|| format!("COMPARE_PROVIDERS: unknown provider {p}"))
+            })
+            .collect::<Res<Vec<_>>>()?;
         Ok(Self {
+            providers,
             runs: parse_num("COMPARE_RUNS", var("COMPARE_RUNS", "3"))?.max(1) as usize,
             secs: parse_num("COMPARE_SECS", var("COMPARE_SECS", "10"))?.max(1),
             delays,
@@ -446,16 +473,12 @@ async fn run() -> Res<()> {
         let target = proxy
             .as_ref()
             .map_or_else(|| url.clone(), |p| p.proxy().url(&url));
-        let kinds: &[Kind] = if proxy.is_some() {
-            &[Kind::Diesel, Kind::DuroxidePg]
-        } else {
-            &[
-                Kind::Diesel,
-                Kind::DuroxidePg,
-                Kind::SqliteFile,
-                Kind::SqliteMemory,
-            ]
-        };
+        let kinds: Vec<Kind> = s
+            .providers
+            .iter()
+            .copied()
+            .filter(|k| proxy.is_none() || k.is_postgres())
+            .collect();
         let mut cells: Vec<((usize, usize), Kind, Cell)> = s
             .concs
             .iter()
@@ -556,7 +579,7 @@ async fn run() -> Res<()> {
             outcome = Err("duroxide-diesel orchestrations failed (see the tables)".to_owned());
         }
     }
-    if s.delays.contains(&0.0) {
+    if s.delays.contains(&0.0) && s.providers.contains(&Kind::Diesel) {
         function_times(&url, &s, &schemas, &files).await?;
     }
     let made = std::mem::take(&mut *schemas.lock().unwrap());
