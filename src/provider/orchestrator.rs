@@ -228,8 +228,7 @@ pub(crate) async fn ack(
     metadata: &ExecutionMetadata,
     cancelled: &[ScheduledActivityIdentifier],
 ) -> Result<()> {
-    let execution_id_u64 = execution_id;
-    let execution_id = numeric::to_bigint(execution_id, "execution_id")?;
+    let execution_id_sql = numeric::to_bigint(execution_id, "execution_id")?;
     refuse_unstorable_state(metadata, history_delta)?;
     let history = codec::to_json(&codec::history_delta(history_delta)?)?;
     let workers = codec::to_json(
@@ -303,7 +302,7 @@ pub(crate) async fn ack(
     let mut conn = p.db.lease(Budget::Call).await?;
     let doc: Value = select(dx_ack_orchestration(
         lock_token,
-        execution_id,
+        execution_id_sql,
         history,
         workers,
         orchestrators,
@@ -326,7 +325,7 @@ pub(crate) async fn ack(
             p.history_cache.committed(
                 &instance,
                 lock_token,
-                execution_id_u64,
+                execution_id,
                 history_delta,
                 last_event_id,
             );
