@@ -128,6 +128,8 @@ pub struct PostgresProvider {
     direct: pool::Connector,
     /// Listener for long polling, started by the first fetch that waits.
     wakeups: std::sync::OnceLock<std::sync::Arc<provider::listener::Wakeups>>,
+    /// What this provider's last orchestrator fetch found (see `provider::quiet`).
+    quiet: provider::quiet::Quiet,
     /// Worker fetches of this provider waiting for work (see `provider::handoff`).
     worker_waiters: std::sync::Arc<provider::handoff::Waiters>,
     /// Ack tokens whose outcome is unknown (see `provider::unsettled`).
@@ -393,6 +395,7 @@ impl PostgresProviderBuilder {
             db,
             direct,
             wakeups: std::sync::OnceLock::new(),
+            quiet: Default::default(),
             worker_waiters: Default::default(),
             unsettled_acks: Default::default(),
             history_cache: provider::history_cache::HistoryCache::new(options.history_cache_events),

@@ -46,6 +46,9 @@ pub(crate) mod name {
     pub(crate) const INFRASTRUCTURE_ERRORS: &str = "provider.infrastructure_errors";
     /// Counter: transient failures retried inside a call, by `operation`.
     pub(crate) const RETRIES: &str = "provider.retries";
+    /// Counter: orchestrator fetch statements not sent because an earlier
+    /// one proved they would find nothing.
+    pub(crate) const FETCHES_SKIPPED: &str = "provider.fetches_skipped";
     /// Gauge: pooled connections checked out.
     pub(crate) const POOL_IN_USE: &str = "provider.pool.connections_in_use";
     /// Gauge: pooled connections open and idle.
@@ -102,6 +105,10 @@ pub(crate) fn describe() {
         name::RETRIES,
         "Transient failures retried inside a provider call"
     );
+    describe_counter!(
+        name::FETCHES_SKIPPED,
+        "Orchestrator fetch statements not sent: nothing was announced since one found nothing"
+    );
     describe_gauge!(name::POOL_IN_USE, "Pooled connections checked out");
     describe_gauge!(name::POOL_IDLE, "Pooled connections open and idle");
     describe_histogram!(
@@ -134,6 +141,11 @@ pub(crate) fn describe() {
 /// Records `elapsed` in the histogram `name`, in milliseconds.
 pub(crate) fn duration(name: &'static str, elapsed: Duration) {
     metrics::histogram!(name).record(elapsed.as_secs_f64() * 1000.0);
+}
+
+/// Counts one fetch statement of `operation` not sent (see `provider::quiet`).
+pub(crate) fn fetch_skipped(operation: &'static str) {
+    metrics::counter!(name::FETCHES_SKIPPED, "operation" => operation).increment(1);
 }
 
 /// Counts one transient failure retried inside `operation`.

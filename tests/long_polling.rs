@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::TestDb;
-use common::items::{activity_item, start_item};
+use common::items::{activity_item, completion_item, start_item};
 use duroxide::providers::{Provider, TagFilter, WorkItem};
 
 const LOCK: Duration = Duration::from_secs(30);
@@ -35,33 +35,6 @@ async fn fetched_activity(fetch: WorkFetch, what: &str) -> u64 {
     }
 }
 
-/// The `pg_stat_activity` condition matching this test schema's listener.
-fn listener_of(db: &TestDb) -> String {
-    format!(
-        "query = 'LISTEN \"' || dx_notify_channel() || '\"' AND datname = current_database() /* {} */",
-        db.schema
-    )
-}
-
-/// Waits until the provider's listener is subscribed, so a test does not
-/// race the first LISTEN.
-async fn wait_for_listener(db: &TestDb) {
-    for _ in 0..200 {
-        let n = db
-            .scalar(&format!(
-                "SELECT count(*) FROM pg_stat_activity WHERE {}",
-                listener_of(db)
-            ))
-            .await
-            .unwrap_or_default();
-        if n != "0" {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("listener never subscribed");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enqueue_from_another_provider_wakes_a_waiting_fetch() {
     let db = TestDb::new().await;
@@ -72,7 +45,7 @@ async fn enqueue_from_another_provider_wakes_a_waiting_fetch() {
     let started = Instant::now();
     let fetch =
         tokio::spawn(async move { w.fetch_orchestration_item(LOCK, LONG_POLL, None).await });
-    wait_for_listener(&db).await;
+    db.wait_for_listener().await;
     other
         .enqueue_for_orchestrator(start_item("wake-1"), None)
         .await
@@ -160,11 +133,11 @@ async fn waiters_survive_a_lost_listener_connection() {
 
     // Start the listener, then kill its connection server-side.
     let warm = spawn_work_fetch(&provider);
-    wait_for_listener(&db).await;
+    db.wait_for_listener().await;
     let killed = db
         .scalar(&format!(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE {}",
-            listener_of(&db)
+            db.listener_of()
         ))
         .await;
     assert_eq!(killed.as_deref(), Some("1"));
@@ -180,7 +153,7 @@ async fn waiters_survive_a_lost_listener_connection() {
     );
 
     // And the listener comes back.
-    wait_for_listener(&db).await;
+    db.wait_for_listener().await;
     let fetch = spawn_work_fetch(&provider);
     other
         .enqueue_for_worker(activity_item("lp", 8))
@@ -210,7 +183,7 @@ async fn without_long_polling_no_listener_connection_is_opened() {
     let listeners = db
         .scalar(&format!(
             "SELECT count(*) FROM pg_stat_activity WHERE {}",
-            listener_of(&db)
+            db.listener_of()
         ))
         .await;
     assert_eq!(listeners.as_deref(), Some("0"));
@@ -232,7 +205,7 @@ async fn a_turn_hands_a_new_activity_to_a_waiting_local_worker() {
     );
 
     let waiting = spawn_work_fetch(&provider);
-    wait_for_listener(&db).await;
+    db.wait_for_listener().await;
     // Wait until the fetch has found the queue empty (its statement finished
     // on the pooled connection); it registers as a waiter right after.
     let attempted = format!(
@@ -293,5 +266,124 @@ async fn a_turn_hands_a_new_activity_to_a_waiting_local_worker() {
     provider.ack_work_item(&work_token, None).await.unwrap();
 
     drop(provider);
+    db.cleanup().await;
+}
+
+/// A fetch that found nothing because an instance was locked is not
+/// repeated by later calls, but their wait ends when that lock expires
+/// (the time the empty fetch reported), not at the poll timeout: a holder
+/// that vanished without a word delays its instance by its lock only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_after_an_empty_one_still_sees_an_expiring_lock() {
+    let db = TestDb::new().await;
+    let waiter = db.provider().await;
+    let holder = db.provider().await; // a process that dies holding a lock
+    let short_lock = Duration::from_millis(600);
+
+    holder
+        .enqueue_for_orchestrator(start_item("abandoned"), None)
+        .await
+        .unwrap();
+    let before_lock = Instant::now();
+    let (held, _, _) = holder
+        .fetch_orchestration_item(short_lock, Duration::ZERO, None)
+        .await
+        .unwrap()
+        .expect("the holder claims the turn");
+    assert_eq!(held.instance, "abandoned");
+
+    // Starts the listener, then finds nothing while the lock is held: the
+    // provider now trusts that verdict until the lock's expiry.
+    let _ = waiter
+        .fetch_orchestration_item(LOCK, Duration::from_millis(50), None)
+        .await
+        .unwrap();
+    db.wait_for_listener().await;
+    assert!(
+        waiter
+            .fetch_orchestration_item(LOCK, Duration::from_millis(50), None)
+            .await
+            .unwrap()
+            .is_none(),
+        "locked by the holder"
+    );
+
+    let (got, _, attempts) = waiter
+        .fetch_orchestration_item(LOCK, LONG_POLL, None)
+        .await
+        .unwrap()
+        .expect("claimed once the holder's lock expired");
+    assert_eq!(got.instance, "abandoned");
+    assert_eq!(attempts, 2, "the holder's claim counted as an attempt");
+    let waited = before_lock.elapsed();
+    assert!(
+        waited >= short_lock && waited < LONG_POLL / 2,
+        "claimed {waited:?} after the lock was taken; the lock was {short_lock:?}"
+    );
+    drop((waiter, holder));
+    db.cleanup().await;
+}
+
+/// A completion for an instance whose turn is running does not wake
+/// orchestrator fetches (they could not claim it); the turn's commit does,
+/// so a fetch waiting in another process gets the completion right after
+/// the commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_during_a_turn_is_announced_by_the_turns_commit() {
+    let db = TestDb::new().await;
+    let runner = db.provider().await; // runs the turn and the activity
+    let waiter = Arc::new(db.provider().await); // another process
+
+    runner
+        .enqueue_for_orchestrator(start_item("busy"), None)
+        .await
+        .unwrap();
+    let (_, turn, _) = runner
+        .fetch_orchestration_item(LOCK, Duration::ZERO, None)
+        .await
+        .unwrap()
+        .expect("the first turn");
+    runner
+        .enqueue_for_worker(activity_item("busy", 1))
+        .await
+        .unwrap();
+    let (_, work, _) = runner
+        .fetch_work_item(LOCK, Duration::ZERO, None, &TagFilter::default())
+        .await
+        .unwrap()
+        .expect("the activity");
+
+    let w = waiter.clone();
+    let fetch =
+        tokio::spawn(async move { w.fetch_orchestration_item(LOCK, LONG_POLL, None).await });
+    db.wait_for_listener().await;
+    runner
+        .ack_work_item(&work, Some(completion_item("busy", 1)))
+        .await
+        .unwrap();
+    common::items::ack_first_turn(&runner, "busy", &turn)
+        .await
+        .unwrap();
+    let committed = Instant::now();
+
+    let (item, _, _) = fetch
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("woken by the turn's commit");
+    assert_eq!(item.instance, "busy");
+    assert!(
+        matches!(
+            item.messages.as_slice(),
+            [WorkItem::ActivityCompleted { id: 1, .. }]
+        ),
+        "the completion, got {:?}",
+        item.messages
+    );
+    assert!(
+        committed.elapsed() < LONG_POLL / 2,
+        "returned on the commit's notification, not the poll timeout"
+    );
+    drop((waiter, runner));
     db.cleanup().await;
 }

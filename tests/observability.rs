@@ -383,22 +383,6 @@ async fn fetch_and_ack_spans_carry_instance_items_and_outcome() {
     db.cleanup().await;
 }
 
-/// Waits until the provider's listener is subscribed.
-async fn wait_for_listener(db: &TestDb) {
-    let listening = format!(
-        "SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN \"' || dx_notify_channel() || '\"' \
-         AND datname = current_database() /* {} */",
-        db.schema
-    );
-    for _ in 0..200 {
-        if db.scalar(&listening).await.is_some_and(|n| n != "0") {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("listener never subscribed");
-}
-
 #[tokio::test]
 async fn a_listener_outage_is_logged_once_and_counted() {
     let (capture, _guard) = Capture::install();
@@ -427,7 +411,7 @@ async fn a_listener_outage_is_logged_once_and_counted() {
             .unwrap()
             .is_none()
     );
-    wait_for_listener(&db).await;
+    db.wait_for_listener().await;
     proxy.reset_all(Duration::from_secs(3));
     let deadline = Instant::now() + Duration::from_secs(20);
     while capture.events(reconnected).is_empty() {

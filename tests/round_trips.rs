@@ -431,6 +431,30 @@ async fn idle_long_poll_does_not_requery() {
     px.cleanup().await;
 }
 
+/// An orchestrator fetch after one that found nothing sends no statement
+/// while nothing is announced, then looks once when work is announced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_after_an_empty_one_sends_nothing_until_work_is_announced() {
+    let px = Proxied::new(Duration::ZERO).await;
+    let fetch = |poll: Duration| px.p().fetch_orchestration_item(LOCK, poll, None);
+    // Warm up: the pooled connection, the statement and the listener; the
+    // last fetch finds nothing with the listener subscribed.
+    assert!(fetch(Duration::from_millis(50)).await.unwrap().is_none());
+    px.db.wait_for_listener().await;
+    assert!(fetch(Duration::from_millis(50)).await.unwrap().is_none());
+
+    let (res, rt) = px.measure(fetch(Duration::from_millis(300))).await;
+    assert!(res.unwrap().is_none());
+    assert_eq!(rt, 0, "a fetch after an empty one, nothing announced since");
+
+    px.enqueue_start("announced").await;
+    let (res, rt) = px.measure(fetch(Duration::from_secs(20))).await;
+    let (item, _, _) = res.unwrap().expect("claimed after the announcement");
+    assert_eq!(item.instance, "announced");
+    assert_eq!(rt, 1, "one look once work is announced");
+    px.cleanup().await;
+}
+
 #[tokio::test]
 async fn cold_call_costs_more_than_warm_call() {
     let t = Proxied::new(Duration::ZERO).await;

@@ -7,7 +7,7 @@
 //! waiters fall back to bounded polling and the listener reconnects.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use diesel::dsl::select;
@@ -30,6 +30,10 @@ const RECONNECT: Backoff = Backoff::new(Duration::from_millis(200), Duration::fr
 pub(crate) struct Wakeups {
     pub orchestrator: Notify,
     pub worker: Notify,
+    /// Counts orchestrator wake-ups (notifications, reconnections), so a
+    /// fetch can tell whether anything was announced since a look that
+    /// found nothing (see `quiet`).
+    orchestrator_generation: AtomicU64,
     connected: AtomicBool,
     shutdown: Notify,
     stopped: AtomicBool,
@@ -48,8 +52,19 @@ impl Wakeups {
         self.shutdown.notify_one();
     }
 
-    fn wake_all(&self) {
+    /// The orchestrator wake-up count; read it after registering interest
+    /// in `orchestrator`, so a later wake-up both bumps it and wakes.
+    pub fn orchestrator_generation(&self) -> u64 {
+        self.orchestrator_generation.load(Ordering::Acquire)
+    }
+
+    fn wake_orchestrators(&self) {
+        self.orchestrator_generation.fetch_add(1, Ordering::AcqRel);
         self.orchestrator.notify_waiters();
+    }
+
+    fn wake_all(&self) {
+        self.wake_orchestrators();
         self.worker.notify_waiters();
     }
 
@@ -190,7 +205,7 @@ async fn listen(mut conn: AsyncPgConnection, state: &Wakeups, liveness: &mut Liv
                 tokio::select! {
                     n = stream.next() => match n {
                         Some(Ok(n)) => match n.payload.as_str() {
-                            "o" => state.orchestrator.notify_waiters(),
+                            "o" => state.wake_orchestrators(),
                             "w" => state.worker.notify_waiters(),
                             _ => state.wake_all(),
                         },

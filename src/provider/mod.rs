@@ -8,6 +8,7 @@ mod history;
 pub(crate) mod history_cache;
 pub(crate) mod listener;
 mod orchestrator;
+pub(crate) mod quiet;
 mod sessions;
 mod state;
 mod unclaimed;
@@ -58,6 +59,9 @@ impl PostgresProvider {
     /// Between attempts no connection is held: the waiter sleeps until a
     /// notification for `queue`, the earliest scheduled visibility the
     /// database reported, a local handoff through `inbox`, or the deadline.
+    /// With `quiet` (the orchestrator queue's version range), an attempt is
+    /// not made while this provider's last one proved it would find nothing
+    /// (see [`quiet`]).
     /// Dropping the future at any await point leaves nothing behind: each
     /// attempt is a single statement, and an abandoned handoff is released
     /// by the turn that made it.
@@ -67,6 +71,7 @@ impl PostgresProvider {
         queue: Queue,
         poll_timeout: Duration,
         inbox: Option<Inbox<'_, T>>,
+        quiet: Option<quiet::Key>,
         mut attempt: F,
     ) -> Result<Option<T>>
     where
@@ -107,7 +112,49 @@ impl PostgresProvider {
                 return Ok(Some((inbox.convert)(handed)));
             }
 
-            let retry_ms = match attempt().await {
+            // The verdict of an earlier attempt, trusted only while
+            // notifications flow; read after registering for wake-ups.
+            let verdict = match (&quiet, wakeups.as_deref()) {
+                (Some(key), Some(w)) if matches!(queue, Queue::Orchestrator) && w.connected() => {
+                    let generation = w.orchestrator_generation();
+                    Some((key, generation, self.quiet.plan(key, generation).await))
+                }
+                _ => None,
+            };
+            let outcome = match verdict {
+                // Wait as if the attempt had been made and found nothing
+                // until `until` (at least a millisecond: never a busy retry).
+                Some((_, _, quiet::Plan::Wait { until })) => {
+                    observe::fetch_skipped(op);
+                    let ms = until.saturating_duration_since(Instant::now()).as_millis() + 1;
+                    Ok(Fetched::Idle {
+                        retry_ms: Some(u64::try_from(ms).unwrap_or(u64::MAX)),
+                    })
+                }
+                Some((key, generation, quiet::Plan::Look(probe))) => {
+                    let started = Instant::now();
+                    let outcome = attempt().await;
+                    self.quiet.record(
+                        *key,
+                        generation,
+                        started,
+                        match &outcome {
+                            Ok(Fetched::Claimed(_)) => quiet::Outcome::Claimed,
+                            Ok(Fetched::Idle { retry_ms }) => quiet::Outcome::Idle {
+                                retry: retry_ms.map(Duration::from_millis),
+                            },
+                            Err(_) => quiet::Outcome::Failed,
+                        },
+                        // A silent listener is found out within a
+                        // heartbeat (and then wakes every waiter).
+                        self.options.listener_heartbeat,
+                    );
+                    drop(probe);
+                    outcome
+                }
+                None => attempt().await,
+            };
+            let retry_ms = match outcome {
                 Ok(Fetched::Claimed(item)) => return Ok(Some(item)),
                 Ok(Fetched::Idle { retry_ms }) => {
                     failure_backoff.reset();
@@ -296,7 +343,9 @@ impl Provider for PostgresProvider {
     ) -> Result<Option<(OrchestrationItem, String, u32)>, ProviderError> {
         let observed = observe!("fetch_orchestration_item");
         let op = observed.op();
-        let fetch = self.long_poll(op, Queue::Orchestrator, poll_timeout, None, || {
+        // A filter that does not parse fails in the attempt, unremembered.
+        let quiet = orchestrator::version_range(filter).ok().flatten();
+        let fetch = self.long_poll(op, Queue::Orchestrator, poll_timeout, None, quiet, || {
             self.fetch_claiming(Queue::Orchestrator, |token| async move {
                 orchestrator::fetch_once(self, &token, lock_timeout, filter).await
             })
@@ -418,7 +467,7 @@ impl Provider for PostgresProvider {
             convert: |handed| handed,
         };
         let op = observed.op();
-        let fetch = self.long_poll(op, Queue::Worker, poll_timeout, Some(inbox), || {
+        let fetch = self.long_poll(op, Queue::Worker, poll_timeout, Some(inbox), None, || {
             self.fetch_claiming(Queue::Worker, |token| async move {
                 worker::fetch_once(self, &token, lock_timeout, session, tag_filter).await
             })

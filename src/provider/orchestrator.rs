@@ -23,6 +23,24 @@ use crate::sql::documents::{
 use crate::sql::procedures::*;
 use crate::sql::reply::WholeReply;
 
+/// The version range a fetch with `filter` may claim: `Some(None)` for any
+/// version, `None` when the filter supports none. Only the first range is
+/// honoured, as duroxide's contract specifies.
+pub(crate) fn version_range(
+    filter: Option<&DispatcherCapabilityFilter>,
+) -> Result<Option<super::quiet::Key>> {
+    let Some(f) = filter else {
+        return Ok(Some(None));
+    };
+    match f.supported_duroxide_versions.as_slice().first() {
+        None => Ok(None),
+        Some(r) => Ok(Some(Some((
+            version_array(&r.min, "version range")?,
+            version_array(&r.max, "version range")?,
+        )))),
+    }
+}
+
 /// One round trip: lock the next ready instance and load its turn.
 pub(crate) async fn fetch_once(
     p: &PostgresProvider,
@@ -30,16 +48,10 @@ pub(crate) async fn fetch_once(
     lock_timeout: Duration,
     filter: Option<&DispatcherCapabilityFilter>,
 ) -> Result<Fetched<(OrchestrationItem, String, u32)>> {
-    // Only the first range is honoured, as duroxide's contract specifies.
-    let (min, max) = match filter {
-        None => (None, None),
-        Some(f) => match f.supported_duroxide_versions.as_slice().first() {
-            None => return Ok(Fetched::Idle { retry_ms: None }),
-            Some(r) => (
-                Some(version_array(&r.min, "version range")?.to_vec()),
-                Some(version_array(&r.max, "version range")?.to_vec()),
-            ),
-        },
+    let (min, max) = match version_range(filter)? {
+        None => return Ok(Fetched::Idle { retry_ms: None }),
+        Some(None) => (None, None),
+        Some(Some((min, max))) => (Some(min.to_vec()), Some(max.to_vec())),
     };
     let mut conn = p.db.lease(Budget::Call).await?;
     let doc: Value = select(dx_fetch_orchestration(

@@ -79,6 +79,31 @@ impl TestDb {
         drop_schema(&self.url, &self.schema).await;
     }
 
+    /// The `pg_stat_activity` condition matching the listener connection of
+    /// a provider on this schema (while its last statement is its LISTEN).
+    pub fn listener_of(&self) -> String {
+        format!(
+            "query = 'LISTEN \"' || dx_notify_channel() || '\"' AND datname = current_database() /* {} */",
+            self.schema
+        )
+    }
+
+    /// Waits until a provider's listener on this schema is subscribed, so a
+    /// test does not race the first LISTEN.
+    pub async fn wait_for_listener(&self) {
+        let listening = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE {}",
+            self.listener_of()
+        );
+        for _ in 0..200 {
+            if self.scalar(&listening).await.is_some_and(|n| n != "0") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("listener never subscribed");
+    }
+
     /// A query result as text (first column of the first row).
     pub async fn scalar(&self, sql: &str) -> Option<String> {
         use diesel::QueryableByName;
