@@ -264,6 +264,9 @@ AS $function$
 DECLARE
     v_session TEXT;
 BEGIN
+    IF p_completion IS NOT NULL THEN
+        PERFORM pg_catalog.pg_advisory_xact_lock_shared(dx_instance_key(p_instance));
+    END IF;
     DELETE FROM worker_queue
     WHERE lock_token = p_token AND locked_until > pg_catalog.now()
     RETURNING session_id INTO v_session;
@@ -277,7 +280,10 @@ BEGIN
     IF p_completion IS NOT NULL THEN
         INSERT INTO orchestrator_queue (instance_id, kind, work_item)
         VALUES (p_instance, p_kind, p_completion);
-        PERFORM pg_catalog.pg_notify(dx_notify_channel(), 'o'::TEXT);
+        IF NOT EXISTS (SELECT 1 FROM instance_locks
+                       WHERE instance_id = p_instance AND locked_until > pg_catalog.now()) THEN
+            PERFORM pg_catalog.pg_notify(dx_notify_channel(), 'o'::TEXT);
+        END IF;
     END IF;
     RETURN TRUE;
 END
@@ -518,6 +524,8 @@ DECLARE
     v_base_tok TEXT;
     v_base     BIGINT;
 BEGIN
+    -- Claims commit asynchronously (see the top of this migration).
+    PERFORM pg_catalog.set_config('synchronous_commit'::TEXT, 'off'::TEXT, true);
     LOOP
         -- A bounded number of candidates per call: every candidate tried
         -- keeps its advisory lock until this call commits, and a commit of
@@ -705,6 +713,8 @@ DECLARE
     v_item     JSONB;
     v_attempts INT;
 BEGIN
+    -- Claims commit asynchronously (see the top of this migration).
+    PERFORM pg_catalog.set_config('synchronous_commit'::TEXT, 'off'::TEXT, true);
     SELECT q.id, q.session_id INTO v_id, v_session
     FROM worker_queue q
     WHERE q.visible_at <= pg_catalog.now()

@@ -509,3 +509,87 @@ async fn every_procedure_pins_its_search_path() {
     drop(p);
     db.cleanup().await;
 }
+
+/// A fetch's claim commits asynchronously (migration 000011), and only the
+/// claim: the setting is the claim's transaction's own, so a pooled
+/// connection keeps its session setting, and acks keep it too.
+#[tokio::test]
+async fn only_claims_commit_asynchronously_and_the_session_keeps_its_setting() {
+    use diesel::QueryableByName;
+    use diesel_async::RunQueryDsl;
+    #[derive(QueryableByName)]
+    struct Setting {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        synchronous_commit: String,
+    }
+    async fn setting(conn: &mut AsyncPgConnection) -> String {
+        let rows: Vec<Setting> =
+            diesel::sql_query("SELECT current_setting('synchronous_commit') AS synchronous_commit")
+                .load(conn)
+                .await
+                .expect("read synchronous_commit");
+        rows.into_iter().next().expect("one row").synchronous_commit
+    }
+
+    let db = TestDb::new().await;
+    let p = db.provider().await;
+    p.enqueue_for_orchestrator(start_item("async-claim"), None)
+        .await
+        .unwrap();
+    p.enqueue_for_worker(activity_item("async-claim", 1))
+        .await
+        .unwrap();
+
+    let mut conn = AsyncPgConnection::establish(&db.url).await.unwrap();
+    conn.batch_execute(&format!(
+        "SET search_path TO \"{}\"; SET synchronous_commit = on",
+        db.schema
+    ))
+    .await
+    .unwrap();
+    for (claim, what) in [
+        (
+            "SELECT dx_fetch_orchestration('claim-o', 30000, NULL, NULL, NULL)",
+            "orchestrator claim",
+        ),
+        (
+            "SELECT dx_fetch_work('claim-w', 30000, NULL, 0, 0, NULL)",
+            "worker claim",
+        ),
+        (
+            "SELECT dx_ack_work('claim-w', 'async-claim', 'ActivityCompleted', NULL)",
+            "activity ack",
+        ),
+    ] {
+        conn.batch_execute("BEGIN").await.unwrap();
+        conn.batch_execute(claim).await.unwrap();
+        let inside = setting(&mut conn).await;
+        conn.batch_execute("COMMIT").await.unwrap();
+        let expected = if what.ends_with("claim") { "off" } else { "on" };
+        assert_eq!(
+            inside, expected,
+            "synchronous_commit in the {what}'s transaction"
+        );
+        assert_eq!(
+            setting(&mut conn).await,
+            "on",
+            "the session's setting after the {what}"
+        );
+    }
+    let claimed = db
+        .scalar("SELECT count(*) FROM instance_locks WHERE lock_token = 'claim-o'")
+        .await;
+    assert_eq!(
+        claimed.as_deref(),
+        Some("1"),
+        "the orchestrator claim took its lock"
+    );
+    let left = db.scalar("SELECT count(*) FROM worker_queue").await;
+    assert_eq!(
+        left.as_deref(),
+        Some("0"),
+        "the worker claim was acknowledged"
+    );
+    drop(p);
+    db.cleanup().await;
+}
