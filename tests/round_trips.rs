@@ -432,7 +432,8 @@ async fn idle_long_poll_does_not_requery() {
 }
 
 /// An orchestrator fetch after one that found nothing sends no statement
-/// while nothing is announced, then looks once when work is announced.
+/// while nothing is announced, then looks once when work is announced; a
+/// claim that leaves work behind does not stop the next fetch from looking.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fetch_after_an_empty_one_sends_nothing_until_work_is_announced() {
     let px = Proxied::new(Duration::ZERO).await;
@@ -452,6 +453,16 @@ async fn a_fetch_after_an_empty_one_sends_nothing_until_work_is_announced() {
     let (item, _, _) = res.unwrap().expect("claimed after the announcement");
     assert_eq!(item.instance, "announced");
     assert_eq!(rt, 1, "one look once work is announced");
+
+    // After a claim, the next fetch looks again: more may be ready.
+    px.enqueue_start("first").await;
+    px.enqueue_start("second").await;
+    for expected in ["first", "second"] {
+        let (res, rt) = px.measure(fetch(Duration::from_secs(20))).await;
+        let (item, _, _) = res.unwrap().expect("claimed");
+        assert_eq!(item.instance, expected);
+        assert_eq!(rt, 1, "one look for {expected}");
+    }
     px.cleanup().await;
 }
 

@@ -18,6 +18,13 @@
 --   by the `retry_ms` of empty fetches (the earliest lock expiry).
 -- The key is taken first, before the worker row, as an ack takes it before
 -- cancelling worker rows, so the two never wait on each other in a cycle.
+--
+-- This also closes a window the previous version left open: a completion
+-- committed after a turn's ack had checked for waiting messages, but before
+-- that ack committed, notified fetches that still saw the instance locked;
+-- the ack then committed without a notification, and the message waited
+-- for the turn's old lock to expire (or for any other notification). Now
+-- the completion waits for the ack to commit and notifies after it.
 
 CREATE OR REPLACE FUNCTION dx_ack_work(p_token TEXT, p_instance TEXT, p_kind TEXT, p_completion JSONB)
 RETURNS BOOLEAN
