@@ -5,15 +5,22 @@
 //! and without it, interleaved in one run. Without the cache every turn and
 //! every history read ship the whole history, so bytes per step grow with N;
 //! with it they ship the events added since the provider's last turn.
+//! Server time per step is the time inside the schema's stored functions
+//! (`track_functions = pl`, self time) of the run less that of a run of
+//! the warm-up alone on a fresh provider (which also pays each backend's
+//! first calls, when PL/pgSQL compiles the functions), over N.
 
 use std::time::{Duration, Instant};
 
+use diesel::QueryableByName;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use duroxide::Client;
 use duroxide::runtime::RuntimeOptions;
+use duroxide_diesel_testkit::pg;
 
 use crate::config::{Config, progress};
 use crate::report::{fmt_num, list, median, ms, table};
-use crate::setup::{start_proxy, tapped_runtime_with_cache};
+use crate::setup::{latest_schema, start_proxy, tapped_runtime_with_cache};
 use crate::{Res, WAIT};
 
 /// One measured chain of `steps` activities.
@@ -21,8 +28,52 @@ struct Sample {
     ms_per_step: f64,
     bytes_to_server_per_step: f64,
     bytes_from_server_per_step: f64,
+    /// Server time of the whole run, warm-up included (ms).
+    server_ms: f64,
 }
 
+/// The `application_name` of the measured provider's connections.
+const APP: &str = "dxbench_history";
+/// Steps of the warm-up orchestration.
+const WARM_UP_STEPS: u32 = 3;
+
+/// Time inside the stored functions of `schema` (self time, ms), read once
+/// every backend of the measured provider has exited: a backend reports
+/// its function times when it exits (or when idle, within seconds).
+async fn function_ms(url: &str, schema: &str) -> Res<f64> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Double)]
+        ms: f64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        backends: i64,
+    }
+    let mut conn = AsyncPgConnection::establish(url)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let query = format!(
+        "SELECT coalesce((SELECT sum(self_time) FROM pg_stat_user_functions \
+                          WHERE schemaname = '{schema}'), 0)::float8 AS ms, \
+                (SELECT count(*) FROM pg_stat_activity WHERE application_name = '{APP}') AS backends"
+    );
+    let mut last = None;
+    // Settled: no backend left, and the sum unchanged over 100 ms.
+    for _ in 0..100 {
+        let rows: Vec<Row> = diesel::sql_query(&query)
+            .load(&mut conn)
+            .await
+            .map_err(|e| format!("pg_stat_user_functions: {e}"))?;
+        let row = rows.into_iter().next().ok_or("no row")?;
+        if row.backends == 0 && last == Some(row.ms) {
+            return Ok(row.ms);
+        }
+        last = Some(row.ms);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("function statistics of {schema} did not settle"))
+}
+
+/// A chain of `steps` after the warm-up; with `steps` 0, the warm-up alone.
 async fn chain_once(url: &str, steps: u32, cache: bool) -> Res<Sample> {
     let host = start_proxy(url, Duration::ZERO).await?;
     let cache_events = if cache {
@@ -30,8 +81,12 @@ async fn chain_once(url: &str, steps: u32, cache: bool) -> Res<Sample> {
     } else {
         0
     };
-    let (tap, rt) = tapped_runtime_with_cache(
+    let tracked = pg::url_with_settings(
         url,
+        &["track_functions=pl", &format!("application_name={APP}")],
+    );
+    let (tap, rt) = tapped_runtime_with_cache(
+        &tracked,
         "hist",
         Some(&host),
         RuntimeOptions::default(),
@@ -42,10 +97,18 @@ async fn chain_once(url: &str, steps: u32, cache: bool) -> Res<Sample> {
     let outcome = async {
         // Warm-up: opens the pooled connections and prepares the statements.
         client
-            .start_orchestration("hist-warm", "SeqN", "3")
+            .start_orchestration("hist-warm", "SeqN", WARM_UP_STEPS.to_string())
             .await
             .map_err(|e| format!("start: {e}"))?;
         tap.wait_done("hist-warm", WAIT).await?;
+        if steps == 0 {
+            return Ok(Sample {
+                ms_per_step: 0.0,
+                bytes_to_server_per_step: 0.0,
+                bytes_from_server_per_step: 0.0,
+                server_ms: 0.0,
+            });
+        }
         tokio::time::sleep(Duration::from_millis(300)).await;
         host.proxy().reset();
         let t0 = Instant::now();
@@ -62,17 +125,23 @@ async fn chain_once(url: &str, steps: u32, cache: bool) -> Res<Sample> {
             ms_per_step: ms(done.at.duration_since(t0)) / n,
             bytes_to_server_per_step: done.proxy.client_bytes as f64 / n,
             bytes_from_server_per_step: done.proxy.server_bytes as f64 / n,
+            server_ms: 0.0,
         })
     }
     .await;
     rt.shutdown(None).await;
-    outcome
+    // Close the provider's connections so their backends report.
+    drop((client, tap));
+    let mut sample = outcome?;
+    let schema = latest_schema().ok_or("no schema")?;
+    sample.server_ms = function_ms(url, &schema).await?;
+    Ok(sample)
 }
 
-/// Median ms per step and bytes from the server per step, by chain length,
-/// with the history cache.
+/// Medians by chain length, with the history cache: (steps, ms per step,
+/// bytes from the server per step, server ms per step).
 pub struct HistorySummary {
-    pub rows: Vec<(u32, f64, f64)>,
+    pub rows: Vec<(u32, f64, f64, f64)>,
 }
 
 pub async fn run(url: &str, cfg: &Config) -> Res<HistorySummary> {
@@ -94,25 +163,31 @@ pub async fn run(url: &str, cfg: &Config) -> Res<HistorySummary> {
                 run + 1,
                 cfg.runs
             ));
-            runs.push(chain_once(url, *steps, *cache).await?);
+            let warm_up = chain_once(url, 0, *cache).await?.server_ms;
+            let mut sample = chain_once(url, *steps, *cache).await?;
+            sample.server_ms = (sample.server_ms - warm_up) / f64::from(*steps);
+            runs.push(sample);
         }
     }
     println!(
         "(g) one orchestration of N sequential trivial activities, default RuntimeOptions, \
          through a proxy that adds no delay and counts bytes; per step = whole run / N, after a \
          warm-up; median of {} run(s); history cache on (default) and off, interleaved; \
-         growth = per-step value / the chain of {}'s with the same cache setting",
+         growth = per-step value / the chain of {}'s with the same cache setting; server ms/step = \
+         self time in the schema's stored functions (track_functions = pl) less that of the {WARM_UP_STEPS}-step \
+         warm-up alone on a fresh provider, / N",
         cfg.runs, lengths[0]
     );
     let mut rows = Vec::new();
     let mut summary = Vec::new();
-    let mut base: [Option<(f64, f64)>; 2] = [None, None];
+    let mut base: [Option<(f64, f64, f64)>; 2] = [None, None];
     for (steps, cache, runs) in &samples {
         let msv: Vec<f64> = runs.iter().map(|s| s.ms_per_step).collect();
         let to: Vec<f64> = runs.iter().map(|s| s.bytes_to_server_per_step).collect();
         let from: Vec<f64> = runs.iter().map(|s| s.bytes_from_server_per_step).collect();
-        let (m, b) = (median(&msv), median(&from));
-        let (m0, b0) = *base[usize::from(*cache)].get_or_insert((m, b));
+        let server: Vec<f64> = runs.iter().map(|s| s.server_ms).collect();
+        let (m, b, sv) = (median(&msv), median(&from), median(&server));
+        let (m0, b0, s0) = *base[usize::from(*cache)].get_or_insert((m, b, sv));
         rows.push(vec![
             steps.to_string(),
             if *cache { "on" } else { "off" }.to_owned(),
@@ -122,9 +197,11 @@ pub async fn run(url: &str, cfg: &Config) -> Res<HistorySummary> {
             fmt_num(median(&to)),
             fmt_num(b),
             format!("{}x", fmt_num(b / b0)),
+            format!("{:.3}", sv),
+            format!("{}x", fmt_num(sv / s0)),
         ]);
         if *cache {
-            summary.push((*steps, m, b));
+            summary.push((*steps, m, b, sv));
         }
     }
     table(
@@ -137,6 +214,8 @@ pub async fn run(url: &str, cfg: &Config) -> Res<HistorySummary> {
             "bytes to server/step",
             "bytes from server/step",
             "bytes from server growth",
+            "server ms/step",
+            "server ms/step growth",
         ],
         &rows,
     );

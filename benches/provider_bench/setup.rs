@@ -29,6 +29,11 @@ pub fn new_schema(tag: &str) -> String {
     name
 }
 
+/// The schema [`new_schema`] made last.
+pub fn latest_schema() -> Option<String> {
+    SCHEMAS.lock().unwrap().last().cloned()
+}
+
 /// A SQLite database file (with its journal files) removed by [`cleanup`].
 pub fn track_sqlite_file(path: PathBuf) {
     SQLITE_FILES.lock().unwrap().push(path);

@@ -135,6 +135,20 @@ pub fn print_targets(r: &Results) {
         verdict(growth.map(|(_, _, x)| x <= 2.0)).to_owned(),
     ]);
 
+    let server = r.g.as_ref().and_then(|g| {
+        let first = g.rows.first()?;
+        let last = g.rows.last()?;
+        Some((last.0, first.0, last.3 / first.3))
+    });
+    rows.push(vec![
+        "server time per step, longest chain vs 20 steps".to_owned(),
+        "<= 2x".to_owned(),
+        server
+            .map(|(n, n0, x)| format!("{}x ({n} vs {n0} steps)", fmt_num(x)))
+            .unwrap_or_else(|| "n/a".to_owned()),
+        verdict(server.map(|(_, _, x)| x <= 2.0)).to_owned(),
+    ]);
+
     let drain = r.h.as_ref().map(|h| (h.size, h.backlog / h.steady));
     rows.push(vec![
         "drain rate of a backlog vs steady state".to_owned(),
