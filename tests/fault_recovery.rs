@@ -163,6 +163,44 @@ async fn backends_killed_repeatedly_then_recovery() {
     db.cleanup().await;
 }
 
+/// A server crash on durable settings: fetch claims commit asynchronously,
+/// so the claims of the last moments before the crash are lost with the
+/// unwritten WAL; their items are claimable again after recovery, and every
+/// orchestration still completes, each activity recorded once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn server_crash_then_recovery() {
+    // A cluster of this test's own, durable: on the shared cluster's
+    // settings (synchronous_commit off) a crash would lose acknowledged work.
+    let port = pg::private_port(9);
+    let url = pg::private_durable_cluster(port);
+    let db = TestDb {
+        url: url.clone(),
+        schema: common::unique_schema("dxc"),
+    };
+    let observer = Arc::new(db.provider().await);
+    let runtimes = vec![
+        runtime_provider(&url, &db.schema, "dx-crash").await,
+        runtime_provider(&url, &db.schema, "dx-crash").await,
+    ];
+    let shape = Shape::default();
+    let verdict = workload::run(
+        shape,
+        runtimes,
+        observer.clone(),
+        Duration::from_secs(90),
+        |journal| async move {
+            workload::until_executions(&journal, 20, Duration::from_secs(30)).await;
+            tokio::task::spawn_blocking(move || pg::crash_private_cluster(port))
+                .await
+                .unwrap();
+        },
+    )
+    .await;
+    check("server-crash", &verdict, shape, Duration::from_secs(5));
+    drop(observer);
+    db.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn server_restart_then_recovery() {
     // A cluster of this test's own: restarting the shared one would break

@@ -385,6 +385,14 @@ pub fn private_cluster(port: u16) -> String {
     format!("postgres://postgres@127.0.0.1:{port}/postgres")
 }
 
+/// As [`private_cluster`], on the server's durable defaults (`fsync`,
+/// `synchronous_commit`, `full_page_writes` on), for tests that crash it
+/// and count on what was committed synchronously.
+pub fn private_durable_cluster(port: u16) -> String {
+    ensure_local_cluster(port, Durability::Durable);
+    format!("postgres://postgres@127.0.0.1:{port}/postgres")
+}
+
 /// The port for a private cluster: the shared cluster's port plus `offset`.
 pub fn private_port(offset: u16) -> u16 {
     test_port() + offset
@@ -393,13 +401,27 @@ pub fn private_port(offset: u16) -> u16 {
 /// Restarts a private cluster with a fast shutdown (every connection is
 /// terminated), returning once it accepts connections again.
 pub fn restart_private_cluster(port: u16) {
+    restart_private_cluster_with(port, "fast");
+}
+
+/// Crashes a private cluster (an immediate shutdown: no checkpoint, and
+/// WAL not yet written, such as that of asynchronous commits, is lost) and
+/// starts it again, returning once crash recovery is done and it accepts
+/// connections.
+pub fn crash_private_cluster(port: u16) {
+    restart_private_cluster_with(port, "immediate");
+}
+
+/// `pg_ctl restart` with shutdown mode `mode`; the server keeps the
+/// options it was started with.
+fn restart_private_cluster_with(port: u16, mode: &str) {
     let root = std::env::temp_dir().join(format!("duroxide-diesel-pg-{port}"));
     let data = root.join("data").to_string_lossy().to_string();
     // With a log file the new server does not hold on to our output pipes.
     let log = root.join("postgres.log").to_string_lossy().to_string();
     let out = run_pg(
         &bindir().join("pg_ctl"),
-        &["-D", &data, "-l", &log, "-m", "fast", "-w", "restart"],
+        &["-D", &data, "-l", &log, "-m", mode, "-w", "restart"],
     );
     assert!(
         out.status.success(),
