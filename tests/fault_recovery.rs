@@ -163,24 +163,25 @@ async fn backends_killed_repeatedly_then_recovery() {
     db.cleanup().await;
 }
 
-/// A server crash on durable settings: fetch claims commit asynchronously,
-/// so the claims of the last moments before the crash are lost with the
-/// unwritten WAL; their items are claimable again after recovery, and every
-/// orchestration still completes, each activity recorded once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn server_crash_then_recovery() {
-    // A cluster of this test's own, durable: on the shared cluster's
-    // settings (synchronous_commit off) a crash would lose acknowledged work.
-    let port = pg::private_port(9);
-    let url = pg::private_durable_cluster(port);
+/// Runs the workload on a private cluster (on `port`; durable settings if
+/// `durable`) and applies `fault` to the server once it is in full swing.
+/// A cluster of the test's own: stopping the shared one would break the
+/// tests running beside it.
+async fn server_fault(name: &str, port: u16, durable: bool, fault: fn(u16)) {
+    let url = if durable {
+        pg::private_durable_cluster(port)
+    } else {
+        pg::private_cluster(port)
+    };
     let db = TestDb {
         url: url.clone(),
-        schema: common::unique_schema("dxc"),
+        schema: common::unique_schema("dxs"),
     };
     let observer = Arc::new(db.provider().await);
+    let app = format!("dx-{name}");
     let runtimes = vec![
-        runtime_provider(&url, &db.schema, "dx-crash").await,
-        runtime_provider(&url, &db.schema, "dx-crash").await,
+        runtime_provider(&url, &db.schema, &app).await,
+        runtime_provider(&url, &db.schema, &app).await,
     ];
     let shape = Shape::default();
     let verdict = workload::run(
@@ -190,47 +191,41 @@ async fn server_crash_then_recovery() {
         Duration::from_secs(90),
         |journal| async move {
             workload::until_executions(&journal, 20, Duration::from_secs(30)).await;
-            tokio::task::spawn_blocking(move || pg::crash_private_cluster(port))
+            tokio::task::spawn_blocking(move || fault(port))
                 .await
                 .unwrap();
         },
     )
     .await;
-    check("server-crash", &verdict, shape, Duration::from_secs(5));
+    check(name, &verdict, shape, Duration::from_secs(5));
     drop(observer);
     db.cleanup().await;
 }
 
+/// A server crash on durable settings: fetch claims commit asynchronously,
+/// so the claims of the last moments before the crash are lost with the
+/// unwritten WAL; their items are claimable again after recovery, and every
+/// orchestration still completes, each activity recorded once. (On the
+/// shared cluster's settings, synchronous_commit off, a crash would lose
+/// acknowledged work too.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn server_restart_then_recovery() {
-    // A cluster of this test's own: restarting the shared one would break
-    // the tests running beside this one.
-    let port = pg::private_port(7);
-    let url = pg::private_cluster(port);
-    let db = TestDb {
-        url: url.clone(),
-        schema: common::unique_schema("dxr"),
-    };
-    let observer = Arc::new(db.provider().await);
-    let runtimes = vec![
-        runtime_provider(&url, &db.schema, "dx-restart").await,
-        runtime_provider(&url, &db.schema, "dx-restart").await,
-    ];
-    let shape = Shape::default();
-    let verdict = workload::run(
-        shape,
-        runtimes,
-        observer.clone(),
-        Duration::from_secs(90),
-        |journal| async move {
-            workload::until_executions(&journal, 20, Duration::from_secs(30)).await;
-            tokio::task::spawn_blocking(move || pg::restart_private_cluster(port))
-                .await
-                .unwrap();
-        },
+async fn server_crash_then_recovery() {
+    server_fault(
+        "server-crash",
+        pg::private_port(9),
+        true,
+        pg::crash_private_cluster,
     )
     .await;
-    check("server-restart", &verdict, shape, Duration::from_secs(5));
-    drop(observer);
-    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn server_restart_then_recovery() {
+    server_fault(
+        "server-restart",
+        pg::private_port(7),
+        false,
+        pg::restart_private_cluster,
+    )
+    .await;
 }
