@@ -146,8 +146,10 @@ impl PostgresProvider {
                             Err(_) => quiet::Outcome::Failed,
                         },
                         // A silent listener is found out within a
-                        // heartbeat (and then wakes every waiter).
-                        self.options.listener_heartbeat,
+                        // heartbeat (and then wakes every waiter); an idle
+                        // provider still looks once per poll timeout, as
+                        // each call did before it waited.
+                        poll_timeout.max(self.options.listener_heartbeat),
                     );
                     drop(probe);
                     outcome

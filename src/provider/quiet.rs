@@ -16,9 +16,10 @@
 //! concurrently again until one finds nothing.
 //!
 //! The verdict is only trusted while the listener is connected (the long
-//! poll checks), and never for longer than the listener's heartbeat: a
-//! listener connection that died silently is found out within that time,
-//! and its loss wakes every waiter.
+//! poll checks), and for no longer than the longer of the listener's
+//! heartbeat and the recording fetch's poll timeout: a listener connection
+//! that died silently is found out within a heartbeat, and its loss wakes
+//! every waiter; an idle provider still looks about once per poll timeout.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
