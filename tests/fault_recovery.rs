@@ -163,16 +163,12 @@ async fn backends_killed_repeatedly_then_recovery() {
     db.cleanup().await;
 }
 
-/// Runs the workload on a private cluster (on `port`; durable settings if
-/// `durable`) and applies `fault` to the server once it is in full swing.
-/// A cluster of the test's own: stopping the shared one would break the
-/// tests running beside it.
-async fn server_fault(name: &str, port: u16, durable: bool, fault: fn(u16)) {
-    let url = if durable {
-        pg::private_durable_cluster(port)
-    } else {
-        pg::private_cluster(port)
-    };
+/// Runs the workload on a private cluster (on `port`, with `durability`)
+/// and applies `fault` to the server once it is in full swing. A cluster
+/// of the test's own: stopping the shared one would break the tests
+/// running beside it.
+async fn server_fault(name: &str, port: u16, durability: pg::Durability, fault: fn(u16)) {
+    let url = pg::private_cluster_with(port, durability);
     let db = TestDb {
         url: url.clone(),
         schema: common::unique_schema("dxs"),
@@ -213,7 +209,7 @@ async fn server_crash_then_recovery() {
     server_fault(
         "server-crash",
         pg::private_port(9),
-        true,
+        pg::Durability::Durable,
         pg::crash_private_cluster,
     )
     .await;
@@ -224,7 +220,7 @@ async fn server_restart_then_recovery() {
     server_fault(
         "server-restart",
         pg::private_port(7),
-        false,
+        pg::Durability::Fast,
         pg::restart_private_cluster,
     )
     .await;

@@ -59,9 +59,9 @@ impl PostgresProvider {
     /// Between attempts no connection is held: the waiter sleeps until a
     /// notification for `queue`, the earliest scheduled visibility the
     /// database reported, a local handoff through `inbox`, or the deadline.
-    /// With `quiet` (the orchestrator queue's version range), an attempt is
-    /// not made while this provider's last one proved it would find nothing
-    /// (see [`quiet`]).
+    /// With `quiet` (orchestrator queue only: its fetches' version range),
+    /// an attempt is not made while this provider's last one proved it
+    /// would find nothing (see [`quiet`]).
     /// Dropping the future at any await point leaves nothing behind: each
     /// attempt is a single statement, and an abandoned handoff is released
     /// by the turn that made it.
@@ -115,7 +115,7 @@ impl PostgresProvider {
             // The verdict of an earlier attempt, trusted only while
             // notifications flow; read after registering for wake-ups.
             let verdict = match (&quiet, wakeups.as_deref()) {
-                (Some(key), Some(w)) if matches!(queue, Queue::Orchestrator) && w.connected() => {
+                (Some(key), Some(w)) if w.connected() => {
                     let generation = w.orchestrator_generation();
                     Some((key, generation, self.quiet.plan(key, generation).await))
                 }
@@ -345,13 +345,16 @@ impl Provider for PostgresProvider {
     ) -> Result<Option<(OrchestrationItem, String, u32)>, ProviderError> {
         let observed = observe!("fetch_orchestration_item");
         let op = observed.op();
-        // A filter that does not parse fails in the attempt, unremembered.
-        let quiet = orchestrator::version_range(filter).ok().flatten();
-        let fetch = self.long_poll(op, Queue::Orchestrator, poll_timeout, None, quiet, || {
-            self.fetch_claiming(Queue::Orchestrator, |token| async move {
-                orchestrator::fetch_once(self, &token, lock_timeout, filter).await
+        let fetch = async {
+            let range = orchestrator::version_range(filter)?;
+            // A filter that supports no version claims nothing: no verdict.
+            self.long_poll(op, Queue::Orchestrator, poll_timeout, None, range, || {
+                self.fetch_claiming(Queue::Orchestrator, |token| async move {
+                    orchestrator::fetch_once(self, &token, lock_timeout, range).await
+                })
             })
-        });
+            .await
+        };
         observed.run(fetch).await
     }
 

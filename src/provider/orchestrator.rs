@@ -41,14 +41,16 @@ pub(crate) fn version_range(
     }
 }
 
-/// One round trip: lock the next ready instance and load its turn.
+/// One round trip: lock the next ready instance of `range` (from
+/// [`version_range`]; None: no version supported, nothing to claim) and
+/// load its turn.
 pub(crate) async fn fetch_once(
     p: &PostgresProvider,
     token: &str,
     lock_timeout: Duration,
-    filter: Option<&DispatcherCapabilityFilter>,
+    range: Option<super::quiet::Key>,
 ) -> Result<Fetched<(OrchestrationItem, String, u32)>> {
-    let (min, max) = match version_range(filter)? {
+    let (min, max) = match range {
         None => return Ok(Fetched::Idle { retry_ms: None }),
         Some(None) => (None, None),
         Some(Some((min, max))) => (Some(min.to_vec()), Some(max.to_vec())),

@@ -75,40 +75,33 @@ pub(crate) enum Outcome {
     Failed,
 }
 
-enum Check {
-    Wait(Instant),
-    Look,
-    Probe,
-}
-
 impl Quiet {
-    fn check(&self, key: &Key, generation: u64) -> Check {
+    /// The plan the current verdict settles: wait, or look alongside other
+    /// fetches; None when only a probe may look.
+    fn settled(&self, key: &Key, generation: u64) -> Option<Plan<'_>> {
         match *self.verdict.lock().unwrap_or_else(|e| e.into_inner()) {
             Verdict::Nothing {
                 key: ref k,
                 generation: g,
                 until,
-            } if k == key && g >= generation && Instant::now() < until => Check::Wait(until),
-            Verdict::Found => Check::Look,
-            _ => Check::Probe,
+            } if k == key && g >= generation && Instant::now() < until => {
+                Some(Plan::Wait { until })
+            }
+            Verdict::Found => Some(Plan::Look(None)),
+            _ => None,
         }
     }
 
     /// Whether a fetch for `key`, which registered for wake-ups when the
     /// count was `generation`, should look.
     pub(crate) async fn plan(&self, key: &Key, generation: u64) -> Plan<'_> {
-        match self.check(key, generation) {
-            Check::Wait(until) => return Plan::Wait { until },
-            Check::Look => return Plan::Look(None),
-            Check::Probe => {}
+        if let Some(plan) = self.settled(key, generation) {
+            return plan;
         }
         let probe = self.probe.lock().await;
         // Another fetch may have probed meanwhile.
-        match self.check(key, generation) {
-            Check::Wait(until) => Plan::Wait { until },
-            Check::Look => Plan::Look(None),
-            Check::Probe => Plan::Look(Some(probe)),
-        }
+        self.settled(key, generation)
+            .unwrap_or(Plan::Look(Some(probe)))
     }
 
     /// Records how a look that started at `started`, when the wake-up count

@@ -381,15 +381,13 @@ pub(crate) fn lock_file(file: &std::fs::File) {
 /// that restart or stop the server; its URL. Needs local PostgreSQL
 /// binaries whatever `DATABASE_URL` says.
 pub fn private_cluster(port: u16) -> String {
-    ensure_local_cluster(port, Durability::Fast);
-    format!("postgres://postgres@127.0.0.1:{port}/postgres")
+    private_cluster_with(port, Durability::Fast)
 }
 
-/// As [`private_cluster`], on the server's durable defaults (`fsync`,
-/// `synchronous_commit`, `full_page_writes` on), for tests that crash it
-/// and count on what was committed synchronously.
-pub fn private_durable_cluster(port: u16) -> String {
-    ensure_local_cluster(port, Durability::Durable);
+/// As [`private_cluster`], with `durability`: `Durable` for tests that
+/// crash the server and count on what was committed synchronously.
+pub fn private_cluster_with(port: u16, durability: Durability) -> String {
+    ensure_local_cluster(port, durability);
     format!("postgres://postgres@127.0.0.1:{port}/postgres")
 }
 
