@@ -24,7 +24,7 @@
 //! through the postmaster's reaped-children times once a backend exits. So
 //! the server must run on this machine for the server column.
 //!
-//! A last pass runs duroxide-diesel alone with `track_functions = pl` and
+//! A last pass runs each PostgreSQL provider alone with `track_functions = pl` and
 //! prints server time per stored function per orchestration
 //! (`pg_stat_user_functions`), kept apart so the timing overhead does not
 //! touch the comparison.
@@ -335,9 +335,10 @@ struct FunctionTime {
     self_ms: f64,
 }
 
-/// duroxide-diesel alone with `track_functions = pl`: server time per
-/// stored function per completed orchestration.
+/// One PostgreSQL provider alone with `track_functions = pl`: server time
+/// per stored function per completed orchestration.
 async fn function_times(
+    kind: Kind,
     url: &str,
     s: &Settings,
     schemas: &Arc<Mutex<Vec<String>>>,
@@ -346,12 +347,17 @@ async fn function_times(
     let tracked = pg::url_with_settings(url, &["track_functions=pl"]);
     for conc in &s.concs {
         let factory = Factory {
-            kind: Kind::Diesel,
+            kind,
             url: tracked.clone(),
             schemas: Arc::clone(schemas),
             files: Arc::clone(files),
         };
-        eprintln!("[compare] function times, {}:{}", conc.0, conc.1);
+        eprintln!(
+            "[compare] function times, {}, {}:{}",
+            kind.label(),
+            conc.0,
+            conc.1
+        );
         // The factory names the schema; remember which one this pass made.
         let before = schemas.lock().unwrap().len();
         let r =
@@ -381,8 +387,9 @@ async fn function_times(
         .map_err(|e| format!("pg_stat_user_functions: {e}"))?;
         let n = r.completed.max(1) as f64;
         println!(
-            "server time per stored function, duroxide-diesel, {}:{}, {} orchestrations completed \
+            "server time per stored function, {}, {}:{}, {} orchestrations completed \
              ({} orch/s; track_functions=pl adds its own timing overhead)",
+            kind.label(),
             conc.0,
             conc.1,
             r.completed,
@@ -579,8 +586,12 @@ async fn run() -> Res<()> {
             outcome = Err("duroxide-diesel orchestrations failed (see the tables)".to_owned());
         }
     }
-    if s.delays.contains(&0.0) && s.providers.contains(&Kind::Diesel) {
-        function_times(&url, &s, &schemas, &files).await?;
+    if s.delays.contains(&0.0) {
+        for kind in [Kind::Diesel, Kind::DuroxidePg] {
+            if s.providers.contains(&kind) {
+                function_times(kind, &url, &s, &schemas, &files).await?;
+            }
+        }
     }
     let made = std::mem::take(&mut *schemas.lock().unwrap());
     for schema in made {
