@@ -703,6 +703,12 @@ $function$;
 
 CREATE OR REPLACE FUNCTION duroxide.dx_fetch_work(p_token text, p_lock_ms bigint, p_owner_id text, p_session_lock_ms bigint, p_tag_mode integer, p_tags text[])
  RETURNS jsonb
+ LANGUAGE sql
+ SET search_path TO 'duroxide'
+AS $function$ SELECT dx_fetch_work(p_token, p_lock_ms, p_owner_id, p_session_lock_ms, p_tag_mode, p_tags, NULL::TEXT) $function$;
+
+CREATE OR REPLACE FUNCTION duroxide.dx_fetch_work(p_token text, p_lock_ms bigint, p_owner_id text, p_session_lock_ms bigint, p_tag_mode integer, p_tags text[], p_reader text)
+ RETURNS jsonb
  LANGUAGE plpgsql
  SET search_path TO 'duroxide'
 AS $function$
@@ -712,8 +718,13 @@ DECLARE
     v_token    TEXT;
     v_item     JSONB;
     v_attempts INT;
+    v_instance TEXT;
+    v_exec     BIGINT;
+    v_reader   TEXT;
+    v_stamp    TEXT;
+    v_last     BIGINT;
 BEGIN
-    -- Claims commit asynchronously (see the top of this migration).
+    -- Claims commit asynchronously (migration 000011).
     PERFORM pg_catalog.set_config('synchronous_commit'::TEXT, 'off'::TEXT, true);
     SELECT q.id, q.session_id INTO v_id, v_session
     FROM worker_queue q
@@ -766,10 +777,26 @@ BEGIN
         locked_until = pg_catalog.now() + p_lock_ms::FLOAT8 * INTERVAL '1 millisecond',
         attempt_count = attempt_count + 1
     WHERE id = v_id
-    RETURNING work_item, attempt_count INTO v_item, v_attempts;
+    RETURNING work_item, attempt_count, instance_id INTO v_item, v_attempts, v_instance;
+
+    -- The latest execution of the activity's instance, when its last
+    -- committed turn is the caller's (see the top of this migration).
+    IF p_reader IS NOT NULL AND v_instance IS NOT NULL THEN
+        SELECT x.execution_id, x.turn_reader, x.turn_token, x.turn_last_event
+        INTO v_exec, v_reader, v_stamp, v_last
+        FROM executions x WHERE x.instance_id = v_instance
+        ORDER BY x.execution_id DESC
+        LIMIT 1;
+    END IF;
 
     RETURN pg_catalog.jsonb_build_object('result'::TEXT, 'claimed'::TEXT, 'item'::TEXT, v_item, 'lock_token'::TEXT, v_token,
-                                         'attempt_count'::TEXT, v_attempts);
+                                         'attempt_count'::TEXT, v_attempts,
+                                         'history'::TEXT, CASE WHEN v_reader = p_reader AND v_stamp IS NOT NULL
+                                                                   AND v_last IS NOT NULL THEN
+                                             pg_catalog.jsonb_build_object('instance'::TEXT, v_instance,
+                                                                           'execution_id'::TEXT, v_exec,
+                                                                           'token'::TEXT, v_stamp,
+                                                                           'last_event_id'::TEXT, v_last) END);
 END
 $function$;
 

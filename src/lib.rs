@@ -51,7 +51,9 @@ use std::time::Duration;
 pub use error::{Error, Result};
 pub use inspect::{ConnectionCount, InstanceQuery, InstanceSummary, QueueCounts, QueueStatus};
 pub use migrate::{MIGRATIONS, MigrationMode, grant_statements};
-pub use options::{DEFAULT_HISTORY_CACHE_EVENTS, DEFAULT_SCHEMA, Options};
+pub use options::{
+    DEFAULT_CACHED_READ_WINDOW, DEFAULT_HISTORY_CACHE_EVENTS, DEFAULT_SCHEMA, Options,
+};
 
 // The Rust examples of the README and the guides in docs/ compile as doctests.
 #[cfg(doctest)]
@@ -281,6 +283,24 @@ impl PostgresProviderBuilder {
         self
     }
 
+    /// How long after the server confirmed that the cached history of an
+    /// instance is its current one, one `read` of it is answered from the
+    /// cache without a round trip (default 10 ms; zero sends every read).
+    ///
+    /// A confirmation comes with the claim of one of the instance's
+    /// activities when this provider committed its last turn, and with
+    /// the commit of a turn. duroxide's worker reads the history right
+    /// after every claim (for the orchestration's name and version), so
+    /// this saves a round trip per activity. Such an answer is the history
+    /// as stored when the claim or commit ran: up to this long (plus half
+    /// a round trip) older than a read sent at the same moment would see.
+    /// Writes through this provider are never missed; a turn committed by
+    /// another process in that interval is seen by the next read.
+    pub fn cached_read_window(mut self, window: Duration) -> Self {
+        self.options.cached_read_window = window;
+        self
+    }
+
     /// Server-side `statement_timeout` for every connection (default none);
     /// at most 2,147,483,647 ms (about 24.8 days), PostgreSQL's limit.
     pub fn statement_timeout(mut self, timeout: Duration) -> Self {
@@ -398,7 +418,10 @@ impl PostgresProviderBuilder {
             quiet: Default::default(),
             worker_waiters: Default::default(),
             unsettled_acks: Default::default(),
-            history_cache: provider::history_cache::HistoryCache::new(options.history_cache_events),
+            history_cache: provider::history_cache::HistoryCache::new(
+                options.history_cache_events,
+                options.cached_read_window,
+            ),
             options,
         })
     }

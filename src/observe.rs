@@ -49,6 +49,9 @@ pub(crate) mod name {
     /// Counter: orchestrator fetch statements not sent because an earlier
     /// one proved they would find nothing.
     pub(crate) const FETCHES_SKIPPED: &str = "provider.fetches_skipped";
+    /// Counter: history reads answered from the cache under a fresh
+    /// confirmation, without a round trip.
+    pub(crate) const READS_CACHED: &str = "provider.reads_answered_from_cache";
     /// Gauge: pooled connections checked out.
     pub(crate) const POOL_IN_USE: &str = "provider.pool.connections_in_use";
     /// Gauge: pooled connections open and idle.
@@ -109,6 +112,10 @@ pub(crate) fn describe() {
         name::FETCHES_SKIPPED,
         "Orchestrator fetch statements not sent: nothing was announced since one found nothing"
     );
+    describe_counter!(
+        name::READS_CACHED,
+        "History reads answered from the cache: the server had just confirmed it current"
+    );
     describe_gauge!(name::POOL_IN_USE, "Pooled connections checked out");
     describe_gauge!(name::POOL_IDLE, "Pooled connections open and idle");
     describe_histogram!(
@@ -146,6 +153,12 @@ pub(crate) fn duration(name: &'static str, elapsed: Duration) {
 /// Counts one fetch statement of `operation` not sent (see `provider::quiet`).
 pub(crate) fn fetch_skipped(operation: &'static str) {
     metrics::counter!(name::FETCHES_SKIPPED, "operation" => operation).increment(1);
+}
+
+/// Counts one history read answered without a round trip (see
+/// `provider::history_cache`, "Confirmed reads").
+pub(crate) fn read_answered_locally() {
+    metrics::counter!(name::READS_CACHED).increment(1);
 }
 
 /// Counts one transient failure retried inside `operation`.

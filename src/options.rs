@@ -13,6 +13,9 @@ pub const DEFAULT_SCHEMA: &str = "duroxide";
 /// Default of [`Options::history_cache_events`].
 pub const DEFAULT_HISTORY_CACHE_EVENTS: usize = 100_000;
 
+/// Default of [`Options::cached_read_window`].
+pub const DEFAULT_CACHED_READ_WINDOW: Duration = Duration::from_millis(10);
+
 /// Settings of a [`PostgresProvider`](crate::PostgresProvider); build one
 /// with [`PostgresProvider::builder`](crate::PostgresProvider::builder).
 #[derive(Clone)]
@@ -34,6 +37,7 @@ pub struct Options {
     /// the server itself, for migrations and the LISTEN connection.
     pub(crate) direct_url: Option<String>,
     pub(crate) history_cache_events: usize,
+    pub(crate) cached_read_window: Duration,
 }
 
 impl std::fmt::Debug for Options {
@@ -55,6 +59,7 @@ impl std::fmt::Debug for Options {
             // The URL may hold a password.
             .field("transaction_pooler", &self.direct_url.is_some())
             .field("history_cache_events", &self.history_cache_events)
+            .field("cached_read_window", &self.cached_read_window)
             .finish()
     }
 }
@@ -77,6 +82,7 @@ impl Default for Options {
             migrations: MigrationMode::Apply,
             direct_url: None,
             history_cache_events: DEFAULT_HISTORY_CACHE_EVENTS,
+            cached_read_window: DEFAULT_CACHED_READ_WINDOW,
         }
     }
 }
@@ -154,6 +160,13 @@ impl Options {
     /// [`history_cache_events`](crate::PostgresProviderBuilder::history_cache_events)).
     pub fn history_cache_events(&self) -> usize {
         self.history_cache_events
+    }
+
+    /// How long a confirmation of a cached history answers one read (zero:
+    /// never; see
+    /// [`cached_read_window`](crate::PostgresProviderBuilder::cached_read_window)).
+    pub fn cached_read_window(&self) -> Duration {
+        self.cached_read_window
     }
 
     pub(crate) fn validate(&self) -> Result<()> {

@@ -295,7 +295,14 @@ async fn a_deleted_and_restarted_instance_is_sent_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_changed_in_place_is_sent_whole() {
     let s = Setup::new().await;
-    let p = s.provider(None, 100_000).await;
+    // Without confirmed reads: the read right after the turn would be
+    // answered from the cache (the edit below is not this provider's).
+    let p = PostgresProvider::builder(&s.db.url)
+        .schema(&s.db.schema)
+        .cached_read_window(Duration::ZERO)
+        .build()
+        .await
+        .expect("provider");
     s.start(&p, "edited").await;
     s.turn(&p, "edited", 0).await;
     // A repair by hand: the payload of event 2 rewritten in place.

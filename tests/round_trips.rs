@@ -16,7 +16,7 @@ use common::items::{
 };
 use common::proxy::{self, Proxy};
 use duroxide::providers::{OrchestrationItem, Provider, TagFilter, WorkItem};
-use duroxide_diesel::PostgresProvider;
+use duroxide_diesel::{PostgresProvider, PostgresProviderBuilder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LOCK: Duration = Duration::from_secs(30);
@@ -50,6 +50,15 @@ impl Proxied {
 
     /// The proxy sits between the pool and the server, or PgBouncer.
     async fn with(route: Route, delay: Duration) -> Self {
+        Self::with_options(route, delay, |b| b).await
+    }
+
+    /// [`Proxied::with`], the builder first passed through `options`.
+    async fn with_options(
+        route: Route,
+        delay: Duration,
+        options: impl FnOnce(PostgresProviderBuilder) -> PostgresProviderBuilder,
+    ) -> Self {
         let db = TestDb::new().await;
         let target = match route {
             Route::Direct => db.url.clone(),
@@ -61,7 +70,7 @@ impl Proxied {
             Route::Direct => builder,
             Route::TransactionPooler => builder.transaction_pooler(&db.url),
         };
-        let provider = builder
+        let provider = options(builder)
             .build()
             .await
             .expect("create provider through the proxy");
@@ -390,6 +399,10 @@ async fn renew_work_item_lock_call(route: Route) {
 async fn read_call(route: Route) {
     let t = Proxied::on(route).await;
     t.create_instance("i").await;
+    // The first read after the commit is answered from the cache (see
+    // `a_read_right_after_an_activity_claim_sends_nothing`); the second
+    // warms the statement up.
+    t.p().read("i").await.expect("read after the commit");
     t.p().read("i").await.expect("warm read");
 
     let (res, rt) = t.measure(t.p().read("i")).await;
@@ -466,6 +479,122 @@ async fn a_fetch_after_an_empty_one_sends_nothing_until_work_is_announced() {
     px.cleanup().await;
 }
 
+/// duroxide's worker reads the instance's history right after every claim.
+/// When this provider committed the instance's last turn, the claim
+/// confirms the cached history: that read sends nothing and returns what
+/// the server holds; the confirmation answers one read only.
+#[tokio::test]
+async fn a_read_right_after_an_activity_claim_sends_nothing() {
+    let px = Proxied::new(Duration::ZERO).await;
+    px.create_instance("i").await;
+    let (read, rt) = px.measure(px.p().read("i")).await;
+    assert_eq!(rt, 0, "the read right after the commit");
+    let read = read.expect("read after the commit");
+    px.p().read("i").await.expect("warm read");
+    let (stored, rt) = px.measure(px.p().read("i")).await;
+    let stored = stored.expect("read from the server");
+    assert_eq!(rt, 1, "the commit's confirmation answers one read only");
+    assert_eq!(stored.len(), 1, "the started event");
+    assert_eq!(read, stored);
+
+    // Warm up the claim statement (and use up its confirmation).
+    px.enqueue_activity("i", 1).await;
+    px.enqueue_activity("i", 2).await;
+    px.fetch_work().await;
+    px.p().read("i").await.expect("warm-up read");
+
+    let (_, rt) = px.measure(px.fetch_work()).await;
+    assert_eq!(
+        rt, 1,
+        "a claim is one round trip, the confirmation included"
+    );
+    let (read, rt) = px.measure(px.p().read("i")).await;
+    assert_eq!(rt, 0, "the read right after the claim");
+    assert_eq!(read.expect("read"), stored);
+    let (read, rt) = px.measure(px.p().read("i")).await;
+    assert_eq!(rt, 1, "the next read goes to the server");
+    assert_eq!(read.expect("read"), stored);
+    px.cleanup().await;
+}
+
+/// A claim confirms nothing when another provider committed the instance's
+/// last turn, or after a deletion through this provider, and with a zero
+/// read window: the read after it goes to the server and sees that turn.
+#[tokio::test]
+async fn a_read_after_a_claim_goes_to_the_server_unless_the_history_is_ours() {
+    use duroxide::{Event, EventKind};
+    let px = Proxied::new(Duration::ZERO).await;
+    let other = PostgresProvider::new_with_schema(&px.db.url, Some(&px.db.schema))
+        .await
+        .expect("second provider");
+    px.create_instance("i").await;
+    px.enqueue_activity("i", 1).await;
+    px.fetch_work().await;
+    px.p().read("i").await.expect("read after the claim");
+    px.p().read("i").await.expect("warm-up read");
+
+    // The other provider commits the instance's next turn.
+    px.p()
+        .enqueue_for_orchestrator(completion("i", 1), None)
+        .await
+        .expect("enqueue completion");
+    let (item, token, _) = other
+        .fetch_orchestration_item(LOCK, Duration::ZERO, None)
+        .await
+        .expect("fetch")
+        .expect("the completion's turn");
+    assert_eq!(item.instance, "i");
+    let added = Event::with_event_id(2, "i", 1, None, EventKind::TimerCreated { fire_at_ms: 7 });
+    other
+        .ack_orchestration_item(
+            &token,
+            1,
+            vec![added],
+            vec![],
+            vec![],
+            Default::default(),
+            vec![],
+        )
+        .await
+        .expect("ack the other provider's turn");
+
+    px.enqueue_activity("i", 2).await;
+    let (_, rt) = px.measure(px.fetch_work()).await;
+    assert_eq!(rt, 1);
+    let (read, rt) = px.measure(px.p().read("i")).await;
+    assert_eq!(rt, 1, "the last turn is the other provider's");
+    assert_eq!(read.expect("read").len(), 2, "with that turn's event");
+
+    // A deletion through this provider voids a confirmation given before it.
+    px.create_instance("j").await;
+    px.enqueue_activity("j", 1).await;
+    px.fetch_work().await;
+    duroxide::providers::ProviderAdmin::delete_instance(px.p(), "j", true)
+        .await
+        .expect("delete");
+    let (read, rt) = px.measure(px.p().read("j")).await;
+    assert_eq!(rt, 1, "read after the deletion");
+    assert!(read.expect("read").is_empty(), "the instance is gone");
+    drop(other);
+    px.cleanup().await;
+
+    // A zero window: every read goes to the server.
+    let px = Proxied::with_options(Route::Direct, Duration::ZERO, |b| {
+        b.cached_read_window(Duration::ZERO)
+    })
+    .await;
+    px.create_instance("i").await;
+    px.enqueue_activity("i", 1).await;
+    px.enqueue_activity("i", 2).await;
+    px.fetch_work().await;
+    px.p().read("i").await.expect("warm-up read");
+    px.fetch_work().await;
+    let (read, rt) = px.measure(px.p().read("i")).await;
+    assert_eq!(rt, 1, "no read is answered from the cache");
+    assert_eq!(read.expect("read").len(), 1);
+    px.cleanup().await;
+}
+
 #[tokio::test]
 async fn cold_call_costs_more_than_warm_call() {
     let t = Proxied::new(Duration::ZERO).await;
@@ -493,6 +622,7 @@ async fn delayed_read_takes_at_least_one_rtt() {
     let delay = Duration::from_millis(20);
     let t = Proxied::new(delay).await;
     t.create_instance("i").await;
+    t.p().read("i").await.expect("read after the commit");
     t.p().read("i").await.expect("warm read");
 
     let started = std::time::Instant::now();

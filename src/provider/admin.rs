@@ -341,17 +341,35 @@ async fn instance_tree(p: &PostgresProvider, root: &str) -> Result<InstanceTree>
     })
 }
 
+/// Runs an instance deletion: no cached history confirmed before it ends
+/// answers a read (see `history_cache`, "Confirmed reads").
+async fn deleting<T>(p: &PostgresProvider, delete: impl Future<Output = Result<T>>) -> Result<T> {
+    /// Voids again when the deletion ends, even if its future is dropped.
+    struct VoidOnDrop<'a>(&'a crate::provider::history_cache::HistoryCache);
+    impl Drop for VoidOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.void_confirmations();
+        }
+    }
+    p.history_cache.void_confirmations();
+    let _after = VoidOnDrop(&p.history_cache);
+    delete.await
+}
+
 async fn delete_tree(
     p: &PostgresProvider,
     instance: &str,
     force: bool,
 ) -> Result<DeleteInstanceResult> {
-    let mut conn = p.db.lease(Budget::Admin).await?;
-    let doc: Value = select(dx_delete_instance(instance, force))
-        .one(&mut conn)
-        .await?;
-    conn.finish().await?;
-    Ok(decode::<DeleteCounts>(doc)?.into())
+    deleting(p, async {
+        let mut conn = p.db.lease(Budget::Admin).await?;
+        let doc: Value = select(dx_delete_instance(instance, force))
+            .one(&mut conn)
+            .await?;
+        conn.finish().await?;
+        Ok(decode::<DeleteCounts>(doc)?.into())
+    })
+    .await
 }
 
 async fn delete_exact(
@@ -362,12 +380,15 @@ async fn delete_exact(
     if ids.is_empty() {
         return Ok(DeleteInstanceResult::default());
     }
-    let mut conn = p.db.lease(Budget::Admin).await?;
-    let doc: Value = select(dx_delete_instances(ids, force))
-        .one(&mut conn)
-        .await?;
-    conn.finish().await?;
-    Ok(decode::<DeleteCounts>(doc)?.into())
+    deleting(p, async {
+        let mut conn = p.db.lease(Budget::Admin).await?;
+        let doc: Value = select(dx_delete_instances(ids, force))
+            .one(&mut conn)
+            .await?;
+        conn.finish().await?;
+        Ok(decode::<DeleteCounts>(doc)?.into())
+    })
+    .await
 }
 
 async fn delete_bulk(
@@ -379,16 +400,19 @@ async fn delete_bulk(
     }
     let limit = numeric::to_int(filter.limit.unwrap_or(DEFAULT_BULK_LIMIT), "limit")?;
     let completed_before = cutoff_arg(filter.completed_before, "completed_before")?;
-    let mut conn = p.db.lease(Budget::Admin).await?;
-    let doc: Value = select(dx_delete_instances_bulk(
-        filter.instance_ids.as_deref(),
-        completed_before,
-        limit,
-    ))
-    .one(&mut conn)
-    .await?;
-    conn.finish().await?;
-    Ok(decode::<DeleteCounts>(doc)?.into())
+    deleting(p, async {
+        let mut conn = p.db.lease(Budget::Admin).await?;
+        let doc: Value = select(dx_delete_instances_bulk(
+            filter.instance_ids.as_deref(),
+            completed_before,
+            limit,
+        ))
+        .one(&mut conn)
+        .await?;
+        conn.finish().await?;
+        Ok(decode::<DeleteCounts>(doc)?.into())
+    })
+    .await
 }
 
 async fn prune(

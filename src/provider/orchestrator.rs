@@ -313,6 +313,7 @@ pub(crate) async fn ack(
         .map(|c| codec::to_json(&c))
         .transpose()?;
 
+    let sent = p.history_cache.epoch();
     let mut conn = p.db.lease(Budget::Call).await?;
     let doc: Value = select(dx_ack_orchestration(
         lock_token,
@@ -342,6 +343,7 @@ pub(crate) async fn ack(
                 execution_id,
                 history_delta,
                 last_event_id,
+                sent,
             );
             claimed
         }

@@ -55,6 +55,7 @@ pub(crate) async fn fetch_once(
         Some(s) => numeric::duration_ms(s.lock_timeout, "session lock timeout")?,
         None => 0,
     };
+    let sent = p.history_cache.epoch();
     let mut conn = p.db.lease(Budget::Call).await?;
     let doc: Value = select(dx_fetch_work(
         token,
@@ -63,6 +64,7 @@ pub(crate) async fn fetch_once(
         session_lock_ms,
         tag_mode,
         tags,
+        p.history_cache.reader(),
     ))
     .one(&mut conn)
     .await?;
@@ -70,7 +72,13 @@ pub(crate) async fn fetch_once(
     match codec::from_json::<Fetched<ClaimedWork>>(doc, "fetch result")? {
         Fetched::Idle { retry_ms } => Ok(Fetched::Idle { retry_ms }),
         Fetched::Claimed(c) => match decode_activity(&c.item) {
-            Ok(item) => Ok(Fetched::Claimed((item, c.lock_token, c.attempt_count))),
+            Ok(item) => {
+                // duroxide's worker reads the instance's history next.
+                if let Some(stamp) = &c.history {
+                    p.history_cache.confirm(stamp, sent);
+                }
+                Ok(Fetched::Claimed((item, c.lock_token, c.attempt_count)))
+            }
             Err(error) => stand_in(p, c, error).await,
         },
     }

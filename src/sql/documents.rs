@@ -175,6 +175,20 @@ pub(crate) struct ClaimedWork {
     pub attempt_count: u32,
     /// The work item as stored, decoded by the caller.
     pub item: Value,
+    /// Set when the latest execution of the activity's instance was last
+    /// changed by a turn this provider (the fetch's reader) committed.
+    #[serde(default)]
+    pub history: Option<HistoryStamp>,
+}
+
+/// The latest execution of an instance as its last committed turn left it:
+/// that turn's lock token and last event id.
+#[derive(Debug, Deserialize)]
+pub(crate) struct HistoryStamp {
+    pub instance: String,
+    pub execution_id: u64,
+    pub token: String,
+    pub last_event_id: u64,
 }
 
 /// Result of `dx_ack_orchestration`.

@@ -99,7 +99,8 @@ define_sql_function! {
 define_sql_function! {
     /// Lock the next matching activity execution under `token`:
     /// [`Fetched`](super::documents::Fetched) of
-    /// [`ClaimedWork`](super::documents::ClaimedWork).
+    /// [`ClaimedWork`](super::documents::ClaimedWork), naming the history
+    /// stamp of the instance when `reader` committed its last turn.
     fn dx_fetch_work(
         token: Text,
         lock_ms: BigInt,
@@ -107,6 +108,7 @@ define_sql_function! {
         session_lock_ms: BigInt,
         tag_mode: Integer,
         tags: Array<Text>,
+        reader: Nullable<Text>,
     ) -> Jsonb;
 }
 
