@@ -342,16 +342,15 @@ async fn instance_tree(p: &PostgresProvider, root: &str) -> Result<InstanceTree>
 }
 
 /// Runs an instance deletion: no cached history confirmed before it ends
-/// answers a read (see `history_cache`, "Confirmed reads").
+/// answers a read (see `history_cache`, "Confirmed reads"), even if its
+/// future is dropped. Reads while it runs are concurrent with it.
 async fn deleting<T>(p: &PostgresProvider, delete: impl Future<Output = Result<T>>) -> Result<T> {
-    /// Voids again when the deletion ends, even if its future is dropped.
     struct VoidOnDrop<'a>(&'a crate::provider::history_cache::HistoryCache);
     impl Drop for VoidOnDrop<'_> {
         fn drop(&mut self) {
             self.0.void_confirmations();
         }
     }
-    p.history_cache.void_confirmations();
     let _after = VoidOnDrop(&p.history_cache);
     delete.await
 }

@@ -112,8 +112,8 @@ impl HistoryCache {
     }
 
     /// Voids every confirmation, and those of requests sent before now
-    /// (call before and after a write that may change current histories
-    /// outside a turn).
+    /// (call once a write that may change current histories outside a turn
+    /// has ended).
     pub(crate) fn void_confirmations(&self) {
         self.lock().epoch += 1;
     }
@@ -127,13 +127,12 @@ impl HistoryCache {
         if inner.epoch != sent.0 {
             return;
         }
-        let epoch = inner.epoch;
         if let Some(entry) = inner.entries.get_mut(&stamp.instance)
             && entry.execution_id == stamp.execution_id
             && entry.stamp.as_deref() == Some(stamp.token.as_str())
             && entry.events.last().map(|e| e.event_id) == Some(stamp.last_event_id)
         {
-            entry.confirmed = Some((now, epoch));
+            entry.confirmed = Some((now, sent.0));
         }
     }
 
