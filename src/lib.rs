@@ -52,7 +52,8 @@ pub use error::{Error, Result};
 pub use inspect::{ConnectionCount, InstanceQuery, InstanceSummary, QueueCounts, QueueStatus};
 pub use migrate::{MIGRATIONS, MigrationMode, grant_statements};
 pub use options::{
-    DEFAULT_CACHED_READ_WINDOW, DEFAULT_HISTORY_CACHE_EVENTS, DEFAULT_SCHEMA, Options,
+    DEFAULT_CACHED_READ_WINDOW, DEFAULT_HISTORY_CACHE_EVENTS, DEFAULT_SCHEMA,
+    MAX_COMPLETION_BATCH_WINDOW, Options,
 };
 
 // The Rust examples of the README and the guides in docs/ compile as doctests.
@@ -298,6 +299,27 @@ impl PostgresProviderBuilder {
     /// another process in that interval is seen by the next read.
     pub fn cached_read_window(mut self, window: Duration) -> Self {
         self.options.cached_read_window = window;
+        self
+    }
+
+    /// How long an activity's completion may wait for the other activities
+    /// of its orchestration execution before its turn runs (default zero:
+    /// never; at most [`MAX_COMPLETION_BATCH_WINDOW`],
+    /// counted in whole milliseconds).
+    ///
+    /// With a window, a completion acknowledged while other activities of
+    /// the same execution are still queued or running becomes claimable
+    /// only when the last of them completes or the window ends, whichever
+    /// comes first; a completion with no such sibling is claimable at
+    /// once, as without a window. A fan-out then takes one turn for
+    /// several completions rather than one turn each, which costs the
+    /// orchestration's replay, the fetch and the commit once per batch.
+    /// The price is latency: a completion the orchestration could act on
+    /// alone (the first of a `select`, say) waits up to the window. The
+    /// decision is made in the acknowledgement's statement; nothing else
+    /// changes.
+    pub fn completion_batch_window(mut self, window: Duration) -> Self {
+        self.options.completion_batch_window = window;
         self
     }
 

@@ -16,6 +16,9 @@ pub const DEFAULT_HISTORY_CACHE_EVENTS: usize = 100_000;
 /// Default of [`Options::cached_read_window`].
 pub const DEFAULT_CACHED_READ_WINDOW: Duration = Duration::from_millis(10);
 
+/// Longest [`Options::completion_batch_window`] accepted.
+pub const MAX_COMPLETION_BATCH_WINDOW: Duration = Duration::from_secs(1);
+
 /// Settings of a [`PostgresProvider`](crate::PostgresProvider); build one
 /// with [`PostgresProvider::builder`](crate::PostgresProvider::builder).
 #[derive(Clone)]
@@ -38,6 +41,7 @@ pub struct Options {
     pub(crate) direct_url: Option<String>,
     pub(crate) history_cache_events: usize,
     pub(crate) cached_read_window: Duration,
+    pub(crate) completion_batch_window: Duration,
 }
 
 impl std::fmt::Debug for Options {
@@ -60,6 +64,7 @@ impl std::fmt::Debug for Options {
             .field("transaction_pooler", &self.direct_url.is_some())
             .field("history_cache_events", &self.history_cache_events)
             .field("cached_read_window", &self.cached_read_window)
+            .field("completion_batch_window", &self.completion_batch_window)
             .finish()
     }
 }
@@ -83,6 +88,7 @@ impl Default for Options {
             direct_url: None,
             history_cache_events: DEFAULT_HISTORY_CACHE_EVENTS,
             cached_read_window: DEFAULT_CACHED_READ_WINDOW,
+            completion_batch_window: Duration::ZERO,
         }
     }
 }
@@ -169,6 +175,13 @@ impl Options {
         self.cached_read_window
     }
 
+    /// How long an activity's completion may wait for the other activities
+    /// of its execution (zero: never; see
+    /// [`completion_batch_window`](crate::PostgresProviderBuilder::completion_batch_window)).
+    pub fn completion_batch_window(&self) -> Duration {
+        self.completion_batch_window
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
         validate_schema_name(&self.schema)?;
         if self.max_connections == 0 {
@@ -219,6 +232,12 @@ impl Options {
                     crate::numeric::MAX_SETTING_MS
                 )));
             }
+        }
+        if self.completion_batch_window > MAX_COMPLETION_BATCH_WINDOW {
+            return Err(Error::InvalidOption(format!(
+                "completion_batch_window must be at most {} ms: it delays orchestration turns",
+                MAX_COMPLETION_BATCH_WINDOW.as_millis()
+            )));
         }
         if let Some(name) = &self.application_name
             && name.chars().any(|c| c.is_control())

@@ -79,6 +79,7 @@ diesel::table! {
         lock_token -> Nullable<Text>,
         attempt_count -> Int4,
         created_at -> Timestamptz,
+        held -> Bool,
     }
 }
 

@@ -2,7 +2,9 @@
 //!
 //! The stored procedures that make work visible send a notification on the
 //! schema's channel (payload `o` for the orchestrator queue, `w` for the
-//! worker queue). One listener connection per provider, started on the first
+//! worker queue; `o` followed by a number of milliseconds for an
+//! orchestrator message that becomes claimable only then, see
+//! [`completion_batch_window`](crate::PostgresProviderBuilder::completion_batch_window)). One listener connection per provider, started on the first
 //! long-polling fetch, turns them into in-process wake-ups. While it is down,
 //! waiters fall back to bounded polling and the listener reconnects.
 
@@ -194,6 +196,9 @@ async fn listen(mut conn: AsyncPgConnection, state: &Wakeups, liveness: &mut Liv
     // Anything enqueued before LISTEN took effect is picked up by a re-check.
     state.wake_all();
     liveness.faults.mark_unchanged();
+    // The earliest announced `o<ms>` still to come; later ones are found
+    // by the fetch this wake-up starts (its `retry_ms`).
+    let mut deferred: Option<tokio::time::Instant> = None;
     loop {
         // Notifications are buffered by the connection while no stream
         // exists, so the stream can be dropped for a heartbeat.
@@ -204,10 +209,14 @@ async fn listen(mut conn: AsyncPgConnection, state: &Wakeups, liveness: &mut Liv
             loop {
                 tokio::select! {
                     n = stream.next() => match n {
-                        Some(Ok(n)) => match n.payload.as_str() {
-                            "o" => state.wake_orchestrators(),
-                            "w" => state.worker.notify_waiters(),
-                            _ => state.wake_all(),
+                        Some(Ok(n)) => match Payload::parse(&n.payload) {
+                            Payload::Orchestrator => state.wake_orchestrators(),
+                            Payload::Worker => state.worker.notify_waiters(),
+                            Payload::OrchestratorIn(after) => {
+                                let at = tokio::time::Instant::now() + after;
+                                deferred = Some(deferred.map_or(at, |d| d.min(at)));
+                            }
+                            Payload::Unknown => state.wake_all(),
                         },
                         Some(Err(e)) => {
                             tracing::warn!(error = %e, "duroxide-diesel listener connection failed");
@@ -218,6 +227,10 @@ async fn listen(mut conn: AsyncPgConnection, state: &Wakeups, liveness: &mut Liv
                             return;
                         }
                     },
+                    () = sleep_until_some(deferred) => {
+                        deferred = None;
+                        state.wake_orchestrators();
+                    }
                     _ = &mut heartbeat => break,
                     changed = liveness.faults.changed() => {
                         if changed.is_err() {
@@ -243,5 +256,59 @@ async fn listen(mut conn: AsyncPgConnection, state: &Wakeups, liveness: &mut Liv
                 return;
             }
         }
+    }
+}
+
+/// What a notification announces.
+#[derive(Debug, PartialEq, Eq)]
+enum Payload {
+    /// Orchestrator work is claimable now.
+    Orchestrator,
+    /// Worker work is claimable now.
+    Worker,
+    /// Orchestrator work becomes claimable after this long (a held
+    /// completion).
+    OrchestratorIn(Duration),
+    /// Anything else (a newer release's payload): wake everything.
+    Unknown,
+}
+
+impl Payload {
+    fn parse(payload: &str) -> Self {
+        match payload {
+            "o" => Self::Orchestrator,
+            "w" => Self::Worker,
+            _ => match payload.strip_prefix('o').map(str::parse::<u64>) {
+                Some(Ok(ms)) => Self::OrchestratorIn(Duration::from_millis(ms)),
+                _ => Self::Unknown,
+            },
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_are_parsed_and_unknown_ones_wake_everything() {
+        assert_eq!(Payload::parse("o"), Payload::Orchestrator);
+        assert_eq!(Payload::parse("w"), Payload::Worker);
+        assert_eq!(
+            Payload::parse("o25"),
+            Payload::OrchestratorIn(Duration::from_millis(25))
+        );
+        assert_eq!(Payload::parse("o-1"), Payload::Unknown);
+        assert_eq!(Payload::parse("ox"), Payload::Unknown);
+        assert_eq!(Payload::parse("w5"), Payload::Unknown);
+        assert_eq!(Payload::parse(""), Payload::Unknown);
     }
 }

@@ -211,7 +211,9 @@ pub(crate) async fn ack(
         }
     };
     let mut conn = p.db.lease(Budget::Call).await?;
-    let done: bool = select(dx_ack_work(token, instance, kind, doc))
+    let hold_ms =
+        crate::numeric::duration_ms(p.options.completion_batch_window, "completion_batch_window")?;
+    let done: bool = select(dx_ack_work(token, instance, kind, doc, hold_ms))
         .one(&mut conn)
         .await?;
     conn.finish().await?;

@@ -113,8 +113,10 @@ define_sql_function! {
 }
 
 define_sql_function! {
-    /// Complete an activity, enqueueing its completion; false if the lock is gone.
-    fn dx_ack_work(token: Text, instance: Nullable<Text>, kind: Nullable<Text>, completion: Nullable<Jsonb>) -> Bool;
+    /// Complete an activity, enqueueing its completion (held up to
+    /// `hold_ms` while other activities of its execution are pending);
+    /// false if the lock is gone.
+    fn dx_ack_work(token: Text, instance: Nullable<Text>, kind: Nullable<Text>, completion: Nullable<Jsonb>, hold_ms: BigInt) -> Bool;
 }
 
 define_sql_function! {

@@ -136,6 +136,8 @@ pub struct Factory {
     /// Providers reach the server through this PgBouncer (transaction
     /// pooling), with `url` as their direct URL.
     pooler: Option<String>,
+    /// The providers' `completion_batch_window` (zero: the default).
+    batch_window: Duration,
     schemas: std::sync::Mutex<Vec<String>>,
 }
 
@@ -144,7 +146,17 @@ impl Factory {
         Self {
             url: pg::database_url(),
             pooler: None,
+            batch_window: Duration::ZERO,
             schemas: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Providers that hold a completion up to 50 ms for the other
+    /// activities of its execution (`completion_batch_window`).
+    pub async fn with_completion_batching() -> Self {
+        Self {
+            batch_window: Duration::from_millis(50),
+            ..Self::new().await
         }
     }
 
@@ -187,6 +199,13 @@ impl ProviderFactory for Factory {
             schema: unique_schema("dxv"),
         };
         let provider = match &self.pooler {
+            None if !self.batch_window.is_zero() => PostgresProvider::builder(&db.url)
+                .schema(&db.schema)
+                .max_connections(8)
+                .completion_batch_window(self.batch_window)
+                .build()
+                .await
+                .expect("create provider with completion batching"),
             None => db.provider().await,
             Some(pooler) => db.provider_through(pooler).await,
         };
@@ -236,7 +255,9 @@ impl duroxide::provider_stress_tests::parallel_orchestrations::ProviderStressFac
 /// Declares one `#[tokio::test]` per validation function of the `suite`
 /// module in scope, each with a fresh factory, and the same tests again in
 /// a module `through_pgbouncer` whose providers reach the server through
-/// PgBouncer in transaction pooling mode.
+/// PgBouncer in transaction pooling mode, and in a module
+/// `with_completion_batching` whose providers hold completions for their
+/// siblings (`completion_batch_window`).
 ///
 /// Names after `direct only:` run directly only, each with the reason it
 /// cannot pass through a transaction pooler written where it is listed.
@@ -269,6 +290,18 @@ macro_rules! validation_tests {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     let factory = $crate::common::Factory::through_pgbouncer().await;
+                    suite::$name(&factory).await;
+                    factory.cleanup().await;
+                }
+            )*
+        }
+
+        mod with_completion_batching {
+            use super::suite;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let factory = $crate::common::Factory::with_completion_batching().await;
                     suite::$name(&factory).await;
                     factory.cleanup().await;
                 }

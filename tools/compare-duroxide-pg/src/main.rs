@@ -13,8 +13,11 @@
 //! `COMPARE_SECS` (seconds per stress run, default 10), `COMPARE_DELAYS`
 //! (one-way delays in ms added by the proxy, default `0,0.5,2`; 0 means a
 //! direct connection), `COMPARE_CONC` (orch:worker concurrencies, default
-//! `1:1,2:2`), `COMPARE_PROVIDERS` (any of `diesel,pg,sqlite-file,sqlite-memory`,
-//! default all; the SQLite ones run only without added delay), `DATABASE_URL` (otherwise the benchmark's throwaway cluster,
+//! `1:1,2:2`), `COMPARE_PROVIDERS` (any of
+//! `diesel,diesel-batched,pg,sqlite-file,sqlite-memory`, default all; the
+//! SQLite ones run only without added delay; `diesel-batched` is
+//! duroxide-diesel with `completion_batch_window` set to `COMPARE_BATCH_MS`,
+//! default 10), `DATABASE_URL` (otherwise the benchmark's throwaway cluster,
 //! see the testkit), `RUST_LOG`.
 //!
 //! CPU is read from `/proc`: the client is this process (runtime, provider
@@ -48,6 +51,8 @@ type Res<T> = Result<T, String>;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Diesel,
+    /// duroxide-diesel with a `completion_batch_window`.
+    DieselBatched,
     DuroxidePg,
     SqliteFile,
     SqliteMemory,
@@ -57,6 +62,7 @@ impl Kind {
     fn label(self) -> &'static str {
         match self {
             Kind::Diesel => "duroxide-diesel",
+            Kind::DieselBatched => "duroxide-diesel, batched completions",
             Kind::DuroxidePg => "duroxide-pg 0.1.38",
             Kind::SqliteFile => "SQLite file (duroxide)",
             Kind::SqliteMemory => "SQLite in memory (duroxide)",
@@ -67,6 +73,7 @@ impl Kind {
     fn key(self) -> &'static str {
         match self {
             Kind::Diesel => "diesel",
+            Kind::DieselBatched => "diesel-batched",
             Kind::DuroxidePg => "pg",
             Kind::SqliteFile => "sqlite-file",
             Kind::SqliteMemory => "sqlite-memory",
@@ -74,7 +81,7 @@ impl Kind {
     }
 
     fn is_postgres(self) -> bool {
-        matches!(self, Kind::Diesel | Kind::DuroxidePg)
+        matches!(self, Kind::Diesel | Kind::DieselBatched | Kind::DuroxidePg)
     }
 }
 
@@ -101,6 +108,17 @@ impl ProviderStressFactory for Factory {
                     duroxide_diesel::PostgresProvider::new_with_schema(&self.url, Some(&s))
                         .await
                         .unwrap_or_else(|e| panic!("duroxide-diesel on {s}: {e}")),
+                )
+            }
+            Kind::DieselBatched => {
+                let s = schema("dxcmp_b");
+                Arc::new(
+                    duroxide_diesel::PostgresProvider::builder(&self.url)
+                        .schema(&s)
+                        .completion_batch_window(batch_window())
+                        .build()
+                        .await
+                        .unwrap_or_else(|e| panic!("duroxide-diesel (batched) on {s}: {e}")),
                 )
             }
             Kind::DuroxidePg => {
@@ -289,18 +307,22 @@ impl Settings {
             .collect::<Res<Vec<_>>>()?;
         let all = [
             Kind::Diesel,
+            Kind::DieselBatched,
             Kind::DuroxidePg,
             Kind::SqliteFile,
             Kind::SqliteMemory,
         ];
-        let providers = var("COMPARE_PROVIDERS", "diesel,pg,sqlite-file,sqlite-memory")
-            .split(',')
-            .map(|p| {
-                all.into_iter()
-                    .find(|k| k.key() == p.trim())
-                    .ok_or_else(|| format!("COMPARE_PROVIDERS: unknown provider {p}"))
-            })
-            .collect::<Res<Vec<_>>>()?;
+        let providers = var(
+            "COMPARE_PROVIDERS",
+            "diesel,diesel-batched,pg,sqlite-file,sqlite-memory",
+        )
+        .split(',')
+        .map(|p| {
+            all.into_iter()
+                .find(|k| k.key() == p.trim())
+                .ok_or_else(|| format!("COMPARE_PROVIDERS: unknown provider {p}"))
+        })
+        .collect::<Res<Vec<_>>>()?;
         Ok(Self {
             providers,
             runs: parse_num("COMPARE_RUNS", var("COMPARE_RUNS", "3"))?.max(1) as usize,
@@ -581,13 +603,13 @@ async fn run() -> Res<()> {
         // in the table; failures of this crate's provider fail the run.
         if cells
             .iter()
-            .any(|(_, k, c)| *k == Kind::Diesel && c.failed > 0)
+            .any(|(_, k, c)| matches!(k, Kind::Diesel | Kind::DieselBatched) && c.failed > 0)
         {
             outcome = Err("duroxide-diesel orchestrations failed (see the tables)".to_owned());
         }
     }
     if s.delays.contains(&0.0) {
-        for kind in [Kind::Diesel, Kind::DuroxidePg] {
+        for kind in [Kind::Diesel, Kind::DieselBatched, Kind::DuroxidePg] {
             if s.providers.contains(&kind) {
                 function_times(kind, &url, &s, &schemas, &files).await?;
             }
@@ -607,6 +629,16 @@ async fn run() -> Res<()> {
         }
     }
     outcome
+}
+
+/// `completion_batch_window` of the `diesel-batched` provider
+/// (`COMPARE_BATCH_MS`, default 10 ms).
+fn batch_window() -> Duration {
+    let ms = std::env::var("COMPARE_BATCH_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    Duration::from_millis(ms)
 }
 
 fn main() {

@@ -1,0 +1,284 @@
+//! `completion_batch_window`: an activity's completion waits for the other
+//! activities of its execution, so one turn takes several completions.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::TestDb;
+use common::items::{activity_item, completion_item, scheduled_kind, start_item, started_event};
+use duroxide::providers::{ExecutionMetadata, Provider, TagFilter, WorkItem};
+use duroxide::runtime::registry::ActivityRegistry;
+use duroxide::runtime::{self, RuntimeOptions};
+use duroxide::{
+    ActivityContext, Client, Event, INITIAL_EXECUTION_ID, OrchestrationContext,
+    OrchestrationRegistry, OrchestrationStatus,
+};
+use duroxide_diesel::{Error, MAX_COMPLETION_BATCH_WINDOW, PostgresProvider};
+
+const LOCK: Duration = Duration::from_secs(30);
+
+async fn provider(db: &TestDb, window: Duration) -> PostgresProvider {
+    PostgresProvider::builder(&db.url)
+        .schema(&db.schema)
+        .max_connections(4)
+        .completion_batch_window(window)
+        .build()
+        .await
+        .expect("create provider")
+}
+
+/// Starts `instance` and commits a first turn that schedules activities
+/// `1..=n`; returns their lock tokens, all claimed (running).
+async fn fan_out(p: &PostgresProvider, instance: &str, n: u64) -> Vec<String> {
+    p.enqueue_for_orchestrator(start_item(instance), None)
+        .await
+        .unwrap();
+    let (_, token, _) = p
+        .fetch_orchestration_item(LOCK, Duration::ZERO, None)
+        .await
+        .unwrap()
+        .expect("the start");
+    let mut history = vec![started_event(instance)];
+    for id in 1..=n {
+        history.push(Event::with_event_id(
+            id + 1,
+            instance.to_owned(),
+            INITIAL_EXECUTION_ID,
+            None,
+            scheduled_kind(id),
+        ));
+    }
+    let metadata = ExecutionMetadata {
+        orchestration_name: Some(common::items::ORCHESTRATION.to_owned()),
+        orchestration_version: Some("1.0.0".to_owned()),
+        ..Default::default()
+    };
+    p.ack_orchestration_item(
+        &token,
+        INITIAL_EXECUTION_ID,
+        history,
+        (1..=n).map(|id| activity_item(instance, id)).collect(),
+        vec![],
+        metadata,
+        vec![],
+    )
+    .await
+    .unwrap();
+    let mut tokens = Vec::new();
+    for _ in 1..=n {
+        let (_, token, _) = p
+            .fetch_work_item(LOCK, Duration::ZERO, None, &TagFilter::Any)
+            .await
+            .unwrap()
+            .expect("a scheduled activity");
+        tokens.push(token);
+    }
+    tokens
+}
+
+/// The activity ids of the completions a claimed turn carries.
+fn completed_ids(messages: &[WorkItem]) -> Vec<u64> {
+    let mut ids: Vec<u64> = messages
+        .iter()
+        .map(|m| match m {
+            WorkItem::ActivityCompleted { id, .. } => *id,
+            other => panic!("unexpected message {other:?}"),
+        })
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+#[tokio::test]
+async fn completions_wait_for_their_siblings_and_the_last_releases_them_all() {
+    let db = TestDb::new().await;
+    let p = provider(&db, MAX_COMPLETION_BATCH_WINDOW).await;
+    let tokens = fan_out(&p, "batch", 3).await;
+
+    // The activities are ack'd in the order they were claimed: ids 1, 2, 3.
+    let started = Instant::now();
+    for (id, token) in [1, 2].into_iter().zip(&tokens) {
+        p.ack_work_item(token, Some(completion_item("batch", id)))
+            .await
+            .unwrap();
+        let turn = p
+            .fetch_orchestration_item(LOCK, Duration::ZERO, None)
+            .await
+            .unwrap();
+        assert!(
+            turn.is_none(),
+            "completion {id} was claimable while a sibling ran"
+        );
+    }
+    // Only meaningful if the window (1 s) had not ended by then.
+    assert!(started.elapsed() < MAX_COMPLETION_BATCH_WINDOW);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM orchestrator_queue WHERE held")
+            .await
+            .as_deref(),
+        Some("2")
+    );
+
+    p.ack_work_item(&tokens[2], Some(completion_item("batch", 3)))
+        .await
+        .unwrap();
+    let (turn, _, _) = p
+        .fetch_orchestration_item(LOCK, Duration::ZERO, None)
+        .await
+        .unwrap()
+        .expect("the last completion releases the held ones");
+    assert_eq!(completed_ids(&turn.messages), vec![1, 2, 3]);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM orchestrator_queue WHERE held")
+            .await
+            .as_deref(),
+        Some("0")
+    );
+    drop(p);
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_held_completion_is_claimed_when_its_window_ends() {
+    let db = TestDb::new().await;
+    let window = Duration::from_millis(300);
+    let p = provider(&db, window).await;
+    let tokens = fan_out(&p, "expire", 2).await;
+
+    let acked = Instant::now();
+    p.ack_work_item(&tokens[0], Some(completion_item("expire", 1)))
+        .await
+        .unwrap();
+    // A long poll: woken when the held completion becomes claimable, not
+    // when the poll times out; the sibling never completes.
+    let (turn, _, _) = p
+        .fetch_orchestration_item(LOCK, Duration::from_secs(20), None)
+        .await
+        .unwrap()
+        .expect("the held completion, once its window ended");
+    let waited = acked.elapsed();
+    assert_eq!(completed_ids(&turn.messages), vec![1]);
+    assert!(
+        waited >= window,
+        "claimed after {waited:?}, before the window"
+    );
+    assert!(
+        waited < Duration::from_secs(10),
+        "claimed only after {waited:?}"
+    );
+    drop(p);
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_completion_without_pending_siblings_or_without_a_window_is_claimable_at_once() {
+    let db = TestDb::new().await;
+    let batching = provider(&db, MAX_COMPLETION_BATCH_WINDOW).await;
+    let tokens = fan_out(&batching, "alone", 1).await;
+    batching
+        .ack_work_item(&tokens[0], Some(completion_item("alone", 1)))
+        .await
+        .unwrap();
+    let (turn, _, _) = batching
+        .fetch_orchestration_item(LOCK, Duration::ZERO, None)
+        .await
+        .unwrap()
+        .expect("a completion with no sibling is not held");
+    assert_eq!(completed_ids(&turn.messages), vec![1]);
+    drop(batching);
+
+    // The default: no window, every completion claimable as it arrives.
+    let plain = provider(&db, Duration::ZERO).await;
+    let tokens = fan_out(&plain, "unbatched", 2).await;
+    plain
+        .ack_work_item(&tokens[0], Some(completion_item("unbatched", 1)))
+        .await
+        .unwrap();
+    let (turn, _, _) = plain
+        .fetch_orchestration_item(LOCK, Duration::ZERO, None)
+        .await
+        .unwrap()
+        .expect("without a window nothing is held");
+    assert_eq!(turn.instance, "unbatched");
+    assert_eq!(completed_ids(&turn.messages), vec![1]);
+    drop(plain);
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_window_longer_than_the_maximum_is_rejected() {
+    let err = PostgresProvider::builder("postgres://127.0.0.1:1/db")
+        .completion_batch_window(MAX_COMPLETION_BATCH_WINDOW + Duration::from_millis(1))
+        .build()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidOption(_)), "{err}");
+    assert!(err.to_string().contains("completion_batch_window"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_with_a_window_completes_with_every_result() {
+    let db = TestDb::new().await;
+    let p = Arc::new(provider(&db, Duration::from_millis(20)).await);
+    let client = Client::new(p.clone());
+    let activities = ActivityRegistry::builder()
+        .register("Square", |_c: ActivityContext, n: String| async move {
+            let n: u64 = n.parse().map_err(|e| format!("{e}"))?;
+            tokio::time::sleep(Duration::from_millis(n)).await;
+            Ok((n * n).to_string())
+        })
+        .build();
+    let orchestrations = OrchestrationRegistry::builder()
+        .register(
+            "SumOfSquares",
+            |ctx: OrchestrationContext, _: String| async move {
+                let mut total = 0u64;
+                for round in 0..3u64 {
+                    let calls = (1..=6u64)
+                        .map(|n| ctx.schedule_activity("Square", (n + round).to_string()))
+                        .collect::<Vec<_>>();
+                    for r in ctx.join(calls).await {
+                        total += r?.parse::<u64>().map_err(|e| e.to_string())?;
+                    }
+                }
+                Ok(total.to_string())
+            },
+        )
+        .build();
+    let options = RuntimeOptions {
+        dispatcher_min_poll_interval: Duration::from_millis(10),
+        worker_concurrency: 3,
+        ..Default::default()
+    };
+    let rt =
+        runtime::Runtime::start_with_options(p.clone(), activities, orchestrations, options).await;
+    for i in 0..4 {
+        client
+            .start_orchestration(&format!("sum-{i}"), "SumOfSquares", "")
+            .await
+            .unwrap();
+    }
+    // Squares of 1..=6, 2..=7 and 3..=8: 91 + 139 + 199.
+    for i in 0..4 {
+        match client
+            .wait_for_orchestration(&format!("sum-{i}"), Duration::from_secs(60))
+            .await
+            .unwrap()
+        {
+            OrchestrationStatus::Completed { output, .. } => assert_eq!(output, "429"),
+            other => panic!("sum-{i}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM orchestrator_queue")
+            .await
+            .as_deref(),
+        Some("0")
+    );
+    rt.shutdown(None).await;
+    drop(client);
+    drop(p);
+    db.cleanup().await;
+}
