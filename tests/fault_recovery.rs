@@ -20,10 +20,21 @@ use duroxide_diesel::PostgresProvider;
 /// given up quickly. With `DX_FAULT_DEFAULTS=1` they use the crate's default
 /// limits instead (to measure what a user gets out of the box).
 async fn runtime_provider(url: &str, schema: &str, app: &str) -> Arc<PostgresProvider> {
+    runtime_provider_with(url, schema, app, Duration::ZERO).await
+}
+
+/// [`runtime_provider`] with a `completion_batch_window`.
+async fn runtime_provider_with(
+    url: &str,
+    schema: &str,
+    app: &str,
+    batch_window: Duration,
+) -> Arc<PostgresProvider> {
     let mut builder = PostgresProvider::builder(url)
         .schema(schema)
         .application_name(app)
-        .max_connections(6);
+        .max_connections(6)
+        .completion_batch_window(batch_window);
     if std::env::var("DX_FAULT_DEFAULTS").as_deref() != Ok("1") {
         builder = builder
             .connect_timeout(Duration::from_secs(3))
@@ -168,6 +179,17 @@ async fn backends_killed_repeatedly_then_recovery() {
 /// of the test's own: stopping the shared one would break the tests
 /// running beside it.
 async fn server_fault(name: &str, port: u16, durability: pg::Durability, fault: fn(u16)) {
+    server_fault_with(name, port, durability, fault, Duration::ZERO).await;
+}
+
+/// [`server_fault`] with runtimes whose providers batch completions.
+async fn server_fault_with(
+    name: &str,
+    port: u16,
+    durability: pg::Durability,
+    fault: fn(u16),
+    batch_window: Duration,
+) {
     let url = pg::private_cluster_with(port, durability);
     let db = TestDb {
         url: url.clone(),
@@ -176,8 +198,8 @@ async fn server_fault(name: &str, port: u16, durability: pg::Durability, fault: 
     let observer = Arc::new(db.provider().await);
     let app = format!("dx-{name}");
     let runtimes = vec![
-        runtime_provider(&url, &db.schema, &app).await,
-        runtime_provider(&url, &db.schema, &app).await,
+        runtime_provider_with(&url, &db.schema, &app, batch_window).await,
+        runtime_provider_with(&url, &db.schema, &app, batch_window).await,
     ];
     let shape = Shape::default();
     let verdict = workload::run(
@@ -211,6 +233,22 @@ async fn server_crash_then_recovery() {
         pg::private_port(9),
         pg::Durability::Durable,
         pg::crash_private_cluster,
+    )
+    .await;
+}
+
+/// The same crash with completions held for their siblings (the fan-out's
+/// activities complete close together): a held completion is a committed
+/// row, claimable once its window ends whatever happened to the listeners
+/// that were told when.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn server_crash_with_batched_completions_then_recovery() {
+    server_fault_with(
+        "server-crash-batched",
+        pg::private_port(10),
+        pg::Durability::Durable,
+        pg::crash_private_cluster,
+        Duration::from_millis(200),
     )
     .await;
 }
