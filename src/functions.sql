@@ -261,11 +261,11 @@ CREATE OR REPLACE FUNCTION duroxide.dx_ack_work(p_token text, p_instance text, p
  LANGUAGE sql
  SET search_path TO 'duroxide'
 AS $function$
-    SELECT dx_ack_work(p_token, p_instance, p_kind, p_completion, 0::BIGINT)
+    SELECT dx_ack_work(p_token, p_instance, p_kind, p_completion, 0::BIGINT) OPERATOR(pg_catalog.>) 0
 $function$;
 
 CREATE OR REPLACE FUNCTION duroxide.dx_ack_work(p_token text, p_instance text, p_kind text, p_completion jsonb, p_hold_ms bigint)
- RETURNS boolean
+ RETURNS integer
  LANGUAGE plpgsql
  SET search_path TO 'duroxide'
 AS $function$
@@ -284,14 +284,14 @@ BEGIN
     WHERE lock_token = p_token AND locked_until > pg_catalog.now()
     RETURNING session_id, execution_id INTO v_session, v_exec;
     IF NOT FOUND THEN
-        RETURN FALSE;
+        RETURN 0;
     END IF;
     IF v_session IS NOT NULL THEN
         UPDATE sessions SET last_activity_at = pg_catalog.now()
         WHERE session_id = v_session AND locked_until > pg_catalog.now();
     END IF;
     IF p_completion IS NULL THEN
-        RETURN TRUE;
+        RETURN 1;
     END IF;
     IF p_hold_ms > 0 AND EXISTS (SELECT 1 FROM worker_queue
                                  WHERE instance_id = p_instance AND execution_id = v_exec) THEN
@@ -299,7 +299,7 @@ BEGIN
         VALUES (p_instance, p_kind, p_completion,
                 pg_catalog.now() + p_hold_ms::FLOAT8 * INTERVAL '1 millisecond', TRUE);
         PERFORM pg_catalog.pg_notify(dx_notify_channel(), 'o'::TEXT || p_hold_ms::TEXT);
-        RETURN TRUE;
+        RETURN 2;
     END IF;
     INSERT INTO orchestrator_queue (instance_id, kind, work_item)
     VALUES (p_instance, p_kind, p_completion);
@@ -311,7 +311,7 @@ BEGIN
                    WHERE instance_id = p_instance AND locked_until > pg_catalog.now()) THEN
         PERFORM pg_catalog.pg_notify(dx_notify_channel(), 'o'::TEXT);
     END IF;
-    RETURN TRUE;
+    RETURN 1;
 END
 $function$;
 

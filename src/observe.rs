@@ -52,6 +52,9 @@ pub(crate) mod name {
     /// Counter: history reads answered from the cache under a fresh
     /// confirmation, without a round trip.
     pub(crate) const READS_CACHED: &str = "provider.reads_answered_from_cache";
+    /// Counter: activity completions held for the other activities of
+    /// their execution (`completion_batch_window`).
+    pub(crate) const COMPLETIONS_HELD: &str = "provider.completions_held";
     /// Gauge: pooled connections checked out.
     pub(crate) const POOL_IN_USE: &str = "provider.pool.connections_in_use";
     /// Gauge: pooled connections open and idle.
@@ -116,6 +119,10 @@ pub(crate) fn describe() {
         name::READS_CACHED,
         "History reads answered from the cache: the server had just confirmed it current"
     );
+    describe_counter!(
+        name::COMPLETIONS_HELD,
+        "Activity completions held for the other activities of their execution"
+    );
     describe_gauge!(name::POOL_IN_USE, "Pooled connections checked out");
     describe_gauge!(name::POOL_IDLE, "Pooled connections open and idle");
     describe_histogram!(
@@ -159,6 +166,11 @@ pub(crate) fn fetch_skipped(operation: &'static str) {
 /// `provider::history_cache`, "Confirmed reads").
 pub(crate) fn read_answered_locally() {
     metrics::counter!(name::READS_CACHED).increment(1);
+}
+
+/// Counts one activity completion the server held for its siblings.
+pub(crate) fn completion_held() {
+    metrics::counter!(name::COMPLETIONS_HELD).increment(1);
 }
 
 /// Counts one transient failure retried inside `operation`.

@@ -16,6 +16,7 @@ use duroxide::{
     OrchestrationRegistry, OrchestrationStatus,
 };
 use duroxide_diesel::{Error, MAX_COMPLETION_BATCH_WINDOW, PostgresProvider};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 
 const LOCK: Duration = Duration::from_secs(30);
 
@@ -91,8 +92,25 @@ fn completed_ids(messages: &[WorkItem]) -> Vec<u64> {
     ids
 }
 
+/// The value of the counter `name` (0 if never recorded).
+fn counter(snapshotter: &Snapshotter, name: &str) -> u64 {
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == name)
+        .map(|(.., value)| match value {
+            DebugValue::Counter(n) => n,
+            other => panic!("{name} is not a counter: {other:?}"),
+        })
+        .sum()
+}
+
 #[tokio::test]
 async fn completions_wait_for_their_siblings_and_the_last_releases_them_all() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
     let db = TestDb::new().await;
     let p = provider(&db, MAX_COMPLETION_BATCH_WINDOW).await;
     let tokens = fan_out(&p, "batch", 3).await;
@@ -130,6 +148,7 @@ async fn completions_wait_for_their_siblings_and_the_last_releases_them_all() {
         .unwrap()
         .expect("the last completion releases the held ones");
     assert_eq!(completed_ids(&turn.messages), vec![1, 2, 3]);
+    assert_eq!(counter(&snapshotter, "provider.completions_held"), 2);
     assert_eq!(
         db.scalar("SELECT count(*) FROM orchestrator_queue WHERE held")
             .await

@@ -23,6 +23,10 @@
 -- Only rows never claimed are released: a held row claimed and then
 -- abandoned with a delay (attempt_count > 0) keeps that delay.
 --
+-- The function answers 0 when the worker row is gone or its lock expired,
+-- 1 when the completion (if any) was enqueued claimable, 2 when it was
+-- held; the provider counts the held ones (`provider.completions_held`).
+--
 -- The four-argument dx_ack_work stays for providers of the previous
 -- release during a rolling deploy: it calls this one without holding (and
 -- without releasing: a completion held by a new provider then waits out
@@ -31,7 +35,7 @@
 ALTER TABLE orchestrator_queue ADD COLUMN held BOOLEAN NOT NULL DEFAULT FALSE;
 
 CREATE OR REPLACE FUNCTION dx_ack_work(p_token TEXT, p_instance TEXT, p_kind TEXT, p_completion JSONB, p_hold_ms BIGINT)
-RETURNS BOOLEAN
+RETURNS INTEGER
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
     v_session TEXT;
@@ -48,14 +52,14 @@ BEGIN
     WHERE lock_token = p_token AND locked_until > pg_catalog.now()
     RETURNING session_id, execution_id INTO v_session, v_exec;
     IF NOT FOUND THEN
-        RETURN FALSE;
+        RETURN 0;
     END IF;
     IF v_session IS NOT NULL THEN
         UPDATE sessions SET last_activity_at = pg_catalog.now()
         WHERE session_id = v_session AND locked_until > pg_catalog.now();
     END IF;
     IF p_completion IS NULL THEN
-        RETURN TRUE;
+        RETURN 1;
     END IF;
     IF p_hold_ms > 0 AND EXISTS (SELECT 1 FROM worker_queue
                                  WHERE instance_id = p_instance AND execution_id = v_exec) THEN
@@ -63,7 +67,7 @@ BEGIN
         VALUES (p_instance, p_kind, p_completion,
                 pg_catalog.now() + p_hold_ms::FLOAT8 * INTERVAL '1 millisecond', TRUE);
         PERFORM pg_catalog.pg_notify(dx_notify_channel(), 'o'::TEXT || p_hold_ms::TEXT);
-        RETURN TRUE;
+        RETURN 2;
     END IF;
     INSERT INTO orchestrator_queue (instance_id, kind, work_item)
     VALUES (p_instance, p_kind, p_completion);
@@ -75,12 +79,12 @@ BEGIN
                    WHERE instance_id = p_instance AND locked_until > pg_catalog.now()) THEN
         PERFORM pg_catalog.pg_notify(dx_notify_channel(), 'o'::TEXT);
     END IF;
-    RETURN TRUE;
+    RETURN 1;
 END
 $$;
 
 CREATE OR REPLACE FUNCTION dx_ack_work(p_token TEXT, p_instance TEXT, p_kind TEXT, p_completion JSONB)
 RETURNS BOOLEAN
 LANGUAGE sql SET search_path FROM CURRENT AS $$
-    SELECT dx_ack_work(p_token, p_instance, p_kind, p_completion, 0::BIGINT)
+    SELECT dx_ack_work(p_token, p_instance, p_kind, p_completion, 0::BIGINT) OPERATOR(pg_catalog.>) 0
 $$;

@@ -213,11 +213,21 @@ pub(crate) async fn ack(
     let mut conn = p.db.lease(Budget::Call).await?;
     let hold_ms =
         crate::numeric::duration_ms(p.options.completion_batch_window, "completion_batch_window")?;
-    let done: bool = select(dx_ack_work(token, instance, kind, doc, hold_ms))
+    let outcome: i32 = select(dx_ack_work(token, instance, kind, doc, hold_ms))
         .one(&mut conn)
         .await?;
     conn.finish().await?;
-    if done { Ok(()) } else { Err(Error::LockLost) }
+    match outcome {
+        0 => Err(Error::LockLost),
+        1 => Ok(()),
+        2 => {
+            crate::observe::completion_held();
+            Ok(())
+        }
+        other => Err(Error::Data(format!(
+            "dx_ack_work answered {other}, not 0, 1 or 2"
+        ))),
+    }
 }
 
 /// The completion's document, or that of an application failure of the

@@ -114,9 +114,9 @@ define_sql_function! {
 
 define_sql_function! {
     /// Complete an activity, enqueueing its completion (held up to
-    /// `hold_ms` while other activities of its execution are pending);
-    /// false if the lock is gone.
-    fn dx_ack_work(token: Text, instance: Nullable<Text>, kind: Nullable<Text>, completion: Nullable<Jsonb>, hold_ms: BigInt) -> Bool;
+    /// `hold_ms` while other activities of its execution are pending):
+    /// 0 if the lock is gone, 1 if done, 2 if done and the completion held.
+    fn dx_ack_work(token: Text, instance: Nullable<Text>, kind: Nullable<Text>, completion: Nullable<Jsonb>, hold_ms: BigInt) -> Integer;
 }
 
 define_sql_function! {
