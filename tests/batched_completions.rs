@@ -191,6 +191,58 @@ async fn a_held_completion_is_claimed_when_its_window_ends() {
     db.cleanup().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_completion_is_claimed_when_the_listener_that_was_told_is_lost() {
+    let db = TestDb::new().await;
+    let window = Duration::from_millis(500);
+    let worker = provider(&db, window).await;
+    let orchestrator = Arc::new(provider(&db, Duration::ZERO).await);
+    let tokens = fan_out(&worker, "lost", 2).await;
+
+    // A dispatcher long-polls, its listener subscribed.
+    let waiting = {
+        let orchestrator = orchestrator.clone();
+        tokio::spawn(async move {
+            orchestrator
+                .fetch_orchestration_item(LOCK, Duration::from_secs(20), None)
+                .await
+        })
+    };
+    db.wait_for_listener().await;
+    let acked = Instant::now();
+    worker
+        .ack_work_item(&tokens[0], Some(completion_item("lost", 1)))
+        .await
+        .unwrap();
+    // The listener got (or is about to get) "claimable in 500 ms"; its
+    // connection dies with that wake-up still scheduled.
+    let killed = db
+        .scalar(&format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE {}",
+            db.listener_of()
+        ))
+        .await;
+    assert_eq!(killed.as_deref(), Some("1"));
+
+    let (turn, _, _) = waiting
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("the held completion, once its window ended");
+    let waited = acked.elapsed();
+    assert_eq!(completed_ids(&turn.messages), vec![1]);
+    assert!(
+        waited >= window,
+        "claimed after {waited:?}, before the window"
+    );
+    assert!(
+        waited < Duration::from_secs(10),
+        "claimed only after {waited:?}"
+    );
+    drop((worker, orchestrator));
+    db.cleanup().await;
+}
+
 #[tokio::test]
 async fn a_completion_without_pending_siblings_or_without_a_window_is_claimable_at_once() {
     let db = TestDb::new().await;
