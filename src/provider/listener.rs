@@ -1,12 +1,13 @@
 //! LISTEN/NOTIFY wake-ups for long-polling fetches.
 //!
 //! The stored procedures that make work visible send a notification on the
-//! schema's channel (payload `o` for the orchestrator queue, `w` for the
-//! worker queue; `o` followed by a number of milliseconds for an
-//! orchestrator message that becomes claimable only then, see
-//! [`completion_batch_window`](crate::PostgresProviderBuilder::completion_batch_window)). One listener connection per provider, started on the first
-//! long-polling fetch, turns them into in-process wake-ups. While it is down,
-//! waiters fall back to bounded polling and the listener reconnects.
+//! schema's channel: payload `o` for the orchestrator queue, `w` for the
+//! worker queue, and `o` followed by a number of milliseconds for an
+//! orchestrator message that becomes claimable only then (a held completion,
+//! see [`completion_batch_window`](crate::PostgresProviderBuilder::completion_batch_window)).
+//! One listener connection per provider, started on the first long-polling
+//! fetch, turns them into in-process wake-ups. While it is down, waiters fall
+//! back to bounded polling and the listener reconnects.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
