@@ -7,13 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::TestDb;
-use common::items::{activity_item, completion_item, scheduled_kind, start_item, started_event};
-use duroxide::providers::{ExecutionMetadata, Provider, TagFilter, WorkItem};
+use common::items::{completion_item, start_item};
+use duroxide::providers::{OrchestrationItem, Provider, TagFilter, WorkItem};
 use duroxide::runtime::registry::ActivityRegistry;
 use duroxide::runtime::{self, RuntimeOptions};
 use duroxide::{
-    ActivityContext, Client, Event, INITIAL_EXECUTION_ID, OrchestrationContext,
-    OrchestrationRegistry, OrchestrationStatus,
+    ActivityContext, Client, OrchestrationContext, OrchestrationRegistry, OrchestrationStatus,
 };
 use duroxide_diesel::{Error, MAX_COMPLETION_BATCH_WINDOW, PostgresProvider};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
@@ -21,9 +20,7 @@ use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 const LOCK: Duration = Duration::from_secs(30);
 
 async fn provider(db: &TestDb, window: Duration) -> PostgresProvider {
-    PostgresProvider::builder(&db.url)
-        .schema(&db.schema)
-        .max_connections(4)
+    db.builder()
         .completion_batch_window(window)
         .build()
         .await
@@ -41,32 +38,9 @@ async fn fan_out(p: &PostgresProvider, instance: &str, n: u64) -> Vec<String> {
         .await
         .unwrap()
         .expect("the start");
-    let mut history = vec![started_event(instance)];
-    for id in 1..=n {
-        history.push(Event::with_event_id(
-            id + 1,
-            instance.to_owned(),
-            INITIAL_EXECUTION_ID,
-            None,
-            scheduled_kind(id),
-        ));
-    }
-    let metadata = ExecutionMetadata {
-        orchestration_name: Some(common::items::ORCHESTRATION.to_owned()),
-        orchestration_version: Some("1.0.0".to_owned()),
-        ..Default::default()
-    };
-    p.ack_orchestration_item(
-        &token,
-        INITIAL_EXECUTION_ID,
-        history,
-        (1..=n).map(|id| activity_item(instance, id)).collect(),
-        vec![],
-        metadata,
-        vec![],
-    )
-    .await
-    .unwrap();
+    common::items::ack_first_turn_scheduling(p, instance, &token, n)
+        .await
+        .unwrap();
     let mut tokens = Vec::new();
     for _ in 1..=n {
         let (_, token, _) = p
@@ -77,6 +51,25 @@ async fn fan_out(p: &PostgresProvider, instance: &str, n: u64) -> Vec<String> {
         tokens.push(token);
     }
     tokens
+}
+
+/// Asserts that `turn` carries exactly completion 1, claimed once the
+/// window since `acked` had ended and long before the 20 s poll timeout.
+fn assert_claimed_when_the_window_ended(
+    turn: &OrchestrationItem,
+    acked: Instant,
+    window: Duration,
+) {
+    let waited = acked.elapsed();
+    assert_eq!(completed_ids(&turn.messages), vec![1]);
+    assert!(
+        waited >= window,
+        "claimed after {waited:?}, before the window"
+    );
+    assert!(
+        waited < Duration::from_secs(10),
+        "claimed only after {waited:?}"
+    );
 }
 
 /// The activity ids of the completions a claimed turn carries.
@@ -177,16 +170,7 @@ async fn a_held_completion_is_claimed_when_its_window_ends() {
         .await
         .unwrap()
         .expect("the held completion, once its window ended");
-    let waited = acked.elapsed();
-    assert_eq!(completed_ids(&turn.messages), vec![1]);
-    assert!(
-        waited >= window,
-        "claimed after {waited:?}, before the window"
-    );
-    assert!(
-        waited < Duration::from_secs(10),
-        "claimed only after {waited:?}"
-    );
+    assert_claimed_when_the_window_ended(&turn, acked, window);
     drop(p);
     db.cleanup().await;
 }
@@ -229,16 +213,7 @@ async fn a_held_completion_is_claimed_when_the_listener_that_was_told_is_lost() 
         .unwrap()
         .unwrap()
         .expect("the held completion, once its window ended");
-    let waited = acked.elapsed();
-    assert_eq!(completed_ids(&turn.messages), vec![1]);
-    assert!(
-        waited >= window,
-        "claimed after {waited:?}, before the window"
-    );
-    assert!(
-        waited < Duration::from_secs(10),
-        "claimed only after {waited:?}"
-    );
+    assert_claimed_when_the_window_ended(&turn, acked, window);
     drop((worker, orchestrator));
     db.cleanup().await;
 }

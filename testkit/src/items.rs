@@ -109,7 +109,27 @@ pub async fn ack_first_turn(
     instance: &str,
     token: &str,
 ) -> Result<(), ProviderError> {
-    let started = started_event(instance);
+    ack_first_turn_scheduling(p, instance, token, 0).await
+}
+
+/// [`ack_first_turn`] that also schedules activities `1..=activities`
+/// ([`activity_item`], with their `ActivityScheduled` events).
+pub async fn ack_first_turn_scheduling(
+    p: &dyn Provider,
+    instance: &str,
+    token: &str,
+    activities: u64,
+) -> Result<(), ProviderError> {
+    let mut history = vec![started_event(instance)];
+    history.extend((1..=activities).map(|id| {
+        Event::with_event_id(
+            id + 1,
+            instance.to_owned(),
+            INITIAL_EXECUTION_ID,
+            None,
+            scheduled_kind(id),
+        )
+    }));
     let metadata = ExecutionMetadata {
         orchestration_name: Some(ORCHESTRATION.to_owned()),
         orchestration_version: Some("1.0.0".to_owned()),
@@ -118,8 +138,10 @@ pub async fn ack_first_turn(
     p.ack_orchestration_item(
         token,
         INITIAL_EXECUTION_ID,
-        vec![started],
-        vec![],
+        history,
+        (1..=activities)
+            .map(|id| activity_item(instance, id))
+            .collect(),
         vec![],
         metadata,
         vec![],

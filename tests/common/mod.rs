@@ -55,12 +55,14 @@ impl TestDb {
     }
 
     pub async fn provider(&self) -> PostgresProvider {
+        self.builder().build().await.expect("create provider")
+    }
+
+    /// The builder of [`TestDb::provider`], for tests that set more options.
+    pub fn builder(&self) -> duroxide_diesel::PostgresProviderBuilder {
         PostgresProvider::builder(&self.url)
             .schema(&self.schema)
             .max_connections(8)
-            .build()
-            .await
-            .expect("create provider")
     }
 
     /// A provider whose calls go through `pooler`, a PgBouncer in
@@ -199,14 +201,12 @@ impl ProviderFactory for Factory {
             schema: unique_schema("dxv"),
         };
         let provider = match &self.pooler {
-            None if !self.batch_window.is_zero() => PostgresProvider::builder(&db.url)
-                .schema(&db.schema)
-                .max_connections(8)
+            None => db
+                .builder()
                 .completion_batch_window(self.batch_window)
                 .build()
                 .await
-                .expect("create provider with completion batching"),
-            None => db.provider().await,
+                .expect("create provider"),
             Some(pooler) => db.provider_through(pooler).await,
         };
         self.schemas.lock().unwrap().push(db.schema);
