@@ -6,6 +6,13 @@
 //! index bloat, and (without pruning) instances, executions and history
 //! that only grow. The target: the rate at the end within 10% of fresh.
 //!
+//! Rates on a shared machine drift by more than that from one minute to
+//! the next, so each point compares like with like: once the aged schema's
+//! autovacuum is idle, `DXBENCH_RUNS` windows on it alternate with as many
+//! on a fresh schema made for that point, and the point's ratio is the
+//! median of the one over the median of the other. At 0 completed both
+//! schemas are fresh, so that row shows the measurement's own noise.
+//!
 //! Autovacuum runs with the settings the migrations give the tables (see
 //! docs/operations.md); the server's own autovacuum settings are defaults.
 
@@ -17,8 +24,8 @@ use duroxide::providers::{InstanceFilter, ProviderAdmin};
 
 use crate::backlog::{options, steady_rate, wait_count};
 use crate::config::{Config, progress};
-use crate::report::{fmt_num, table};
-use crate::setup::{build_pg, new_schema, start_runtime};
+use crate::report::{fmt_num, list, median, table};
+use crate::setup::{build_pg, new_schema, start_runtime, tapped_runtime};
 use crate::tap::Tap;
 use crate::{Res, WAIT};
 
@@ -26,11 +33,28 @@ use crate::{Res, WAIT};
 const BATCH: usize = 1_000;
 /// Batches started ahead of the ones that ended.
 const AHEAD: usize = 4;
+/// The longest wait for the aged schema's autovacuum before a point.
+const SETTLE: Duration = Duration::from_secs(120);
 
-/// One aging schema: completed so far -> steady orch/s, and the schema's
-/// size on disk at each point.
+/// One point of an aging schema's curve: its rate windows and those of a
+/// fresh schema taken alternately with them, and the aging schema's size.
+struct Point {
+    completed: usize,
+    aged: Vec<f64>,
+    fresh: Vec<f64>,
+    bytes: u64,
+}
+
+impl Point {
+    /// The aging schema's median rate over the fresh schema's.
+    fn ratio(&self) -> f64 {
+        median(&self.aged) / median(&self.fresh)
+    }
+}
+
+/// One aging schema's points.
 struct Curve {
-    rates: Vec<(usize, f64, u64)>,
+    points: Vec<Point>,
 }
 
 /// Bytes the schema's tables take with their indexes and TOAST.
@@ -49,6 +73,31 @@ async fn schema_bytes(url: &str, schema: &str) -> u64 {
     .flatten()
     .and_then(|v| v.parse().ok())
     .unwrap_or(0)
+}
+
+/// Waits (at most `within`) until no autovacuum worker is busy with one of
+/// `schema`'s tables, so a window does not start inside the vacuum that
+/// the churn burst before it triggered. Returns the time waited.
+async fn settle(url: &str, schema: &str, within: Duration) -> Duration {
+    let t = Instant::now();
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' \
+         AND query LIKE '%{}.%'",
+        schema.replace('\'', "''")
+    );
+    while t.elapsed() < within {
+        let busy = duroxide_diesel_testkit::db::scalar(url, &sql)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0);
+        if busy == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    t.elapsed()
 }
 
 /// Completes orchestrations `from..to` on `tap`'s runtime, at most
@@ -111,7 +160,7 @@ async fn curve(url: &str, cfg: &Config, total: usize, prune: bool) -> Res<Curve>
     checkpoints.dedup();
     let label = if prune { "pruned" } else { "kept" };
     let outcome = async {
-        let mut rates = Vec::new();
+        let mut points = Vec::new();
         let mut done = 0;
         for &point in &checkpoints {
             if point > done {
@@ -125,16 +174,54 @@ async fn curve(url: &str, cfg: &Config, total: usize, prune: bool) -> Res<Curve>
                 ));
                 done = point;
             }
-            progress(format!("(j) {label}: steady rate after {point}"));
-            let rate = steady_rate(&tap, cfg.stress_secs, &format!("s{point}-")).await?;
-            rates.push((point, rate, schema_bytes(url, &schema).await));
+            let waited = settle(url, &schema, SETTLE).await;
+            progress(format!(
+                "(j) {label}: steady rate after {point} (autovacuum settled in {:.0} s)",
+                waited.as_secs_f64()
+            ));
+            // A fresh schema of its own per point, its windows alternating
+            // with the aging schema's (and each going first in turn), so
+            // the machine's drift lands on both alike.
+            let (fresh_tap, fresh_rt) = tapped_runtime(url, "churnf", None, options()).await?;
+            let measured = async {
+                let (mut aged, mut fresh) = (Vec::new(), Vec::new());
+                for w in 0..cfg.runs {
+                    let order = if w % 2 == 0 {
+                        [false, true]
+                    } else {
+                        [true, false]
+                    };
+                    for on_aged in order {
+                        if on_aged {
+                            let p = format!("s{point}-{w}-");
+                            aged.push(steady_rate(&tap, cfg.stress_secs, &p).await?);
+                        } else {
+                            let p = format!("f{w}-");
+                            fresh.push(steady_rate(&fresh_tap, cfg.stress_secs, &p).await?);
+                        }
+                    }
+                }
+                Ok::<_, String>((aged, fresh))
+            }
+            .await;
+            fresh_rt.shutdown(None).await;
+            let (aged, fresh) = measured?;
+            progress(format!(
+                "(j) {label}: after {point}: aged {} fresh {} orch/s",
+                list(&aged),
+                list(&fresh)
+            ));
+            points.push(Point {
+                completed: point,
+                aged,
+                fresh,
+                bytes: schema_bytes(url, &schema).await,
+            });
         }
-        Ok(Curve { rates })
+        Ok(Curve { points })
     }
     .await;
     rt.shutdown(None).await;
-    // Let the server settle before the next curve (its autovacuum too).
-    tokio::time::sleep(Duration::from_secs(1)).await;
     outcome
 }
 
@@ -154,36 +241,44 @@ pub async fn run(url: &str, cfg: &Config) -> Res<ChurnSummary> {
     let pruned = curve(url, cfg, total, true).await?;
     println!(
         "(j) churn: orchestrations of one trivial activity, one runtime (concurrency 4/4); steady \
-         rate (as in (h), {} s window) on one schema after N orchestrations completed on it, \
-         keeping every completed instance or deleting them after each batch of {BATCH}",
-        cfg.stress_secs
+         rate (as in (h), {} s windows) on one schema after N orchestrations completed on it, \
+         keeping every completed instance or deleting them after each batch of {BATCH}; at each \
+         point {} windows on the aged schema alternate with {} on a fresh one, once autovacuum \
+         of the aged schema is idle (at most {} s); medians",
+        cfg.stress_secs,
+        cfg.runs,
+        cfg.runs,
+        SETTLE.as_secs()
     );
-    let fresh = |c: &Curve| c.rates.first().map_or(f64::NAN, |r| r.1);
     let mut rows = Vec::new();
-    for (k, p) in kept.rates.iter().zip(&pruned.rates) {
-        rows.push(vec![
-            k.0.to_string(),
-            fmt_num(k.1),
-            format!("{}x", fmt_num(k.1 / fresh(&kept))),
-            format!("{} MB", fmt_num(k.2 as f64 / 1e6)),
-            fmt_num(p.1),
-            format!("{}x", fmt_num(p.1 / fresh(&pruned))),
-            format!("{} MB", fmt_num(p.2 as f64 / 1e6)),
-        ]);
+    for (label, c) in [("kept", &kept), ("pruned", &pruned)] {
+        for p in &c.points {
+            rows.push(vec![
+                label.to_owned(),
+                p.completed.to_string(),
+                fmt_num(median(&p.aged)),
+                fmt_num(median(&p.fresh)),
+                format!("{}x", fmt_num(p.ratio())),
+                list(&p.aged),
+                list(&p.fresh),
+                format!("{} MB", fmt_num(p.bytes as f64 / 1e6)),
+            ]);
+        }
     }
     table(
         &[
+            "schema",
             "completed before",
-            "kept: orch/s",
-            "vs fresh",
-            "schema size",
-            "pruned: orch/s",
-            "vs fresh",
-            "schema size",
+            "aged orch/s",
+            "fresh orch/s",
+            "aged vs fresh",
+            "aged windows",
+            "fresh windows",
+            "aged schema size",
         ],
         &rows,
     );
-    let last = |c: &Curve| c.rates.last().map_or(f64::NAN, |r| r.1) / fresh(c);
+    let last = |c: &Curve| c.points.last().map_or(f64::NAN, Point::ratio);
     Ok(ChurnSummary {
         total,
         kept: last(&kept),
