@@ -272,12 +272,15 @@ AS $function$
 DECLARE
     v_session TEXT;
     v_exec    BIGINT;
+    v_key     BIGINT;
+    v_running BOOLEAN;
 BEGIN
     IF p_completion IS NOT NULL THEN
+        v_key := dx_instance_key(p_instance);
         IF p_hold_ms > 0 THEN
-            PERFORM pg_catalog.pg_advisory_xact_lock(dx_instance_key(p_instance));
+            PERFORM pg_catalog.pg_advisory_xact_lock(v_key);
         ELSE
-            PERFORM pg_catalog.pg_advisory_xact_lock_shared(dx_instance_key(p_instance));
+            PERFORM pg_catalog.pg_advisory_xact_lock_shared(v_key);
         END IF;
     END IF;
     DELETE FROM worker_queue
@@ -298,17 +301,24 @@ BEGIN
         INSERT INTO orchestrator_queue (instance_id, kind, work_item, visible_at, held)
         VALUES (p_instance, p_kind, p_completion,
                 pg_catalog.now() + p_hold_ms::FLOAT8 * INTERVAL '1 millisecond', TRUE);
-        PERFORM pg_catalog.pg_notify(dx_notify_channel(), 'o'::TEXT || p_hold_ms::TEXT);
+        PERFORM pg_catalog.pg_notify(dx_notify_channel(),
+                                     'o'::TEXT || p_hold_ms::TEXT || ':' || v_key::TEXT);
         RETURN 2;
     END IF;
     INSERT INTO orchestrator_queue (instance_id, kind, work_item)
     VALUES (p_instance, p_kind, p_completion);
+    v_running := EXISTS (SELECT 1 FROM instance_locks
+                         WHERE instance_id = p_instance AND locked_until > pg_catalog.now());
     IF p_hold_ms > 0 THEN
         UPDATE orchestrator_queue SET visible_at = pg_catalog.now(), held = FALSE
         WHERE instance_id = p_instance AND held AND lock_token IS NULL AND attempt_count = 0;
+        IF FOUND THEN
+            PERFORM pg_catalog.pg_notify(dx_notify_channel(),
+                                         CASE WHEN v_running THEN 'c' ELSE 'r' END || v_key::TEXT);
+            RETURN 1;
+        END IF;
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM instance_locks
-                   WHERE instance_id = p_instance AND locked_until > pg_catalog.now()) THEN
+    IF NOT v_running THEN
         PERFORM pg_catalog.pg_notify(dx_notify_channel(), 'o'::TEXT);
     END IF;
     RETURN 1;

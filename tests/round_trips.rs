@@ -479,6 +479,86 @@ async fn a_fetch_after_an_empty_one_sends_nothing_until_work_is_announced() {
     px.cleanup().await;
 }
 
+/// A held completion schedules a wake-up in every listener for the end of
+/// its window; when its last sibling completes first, the release drops
+/// that wake-up, so a dispatcher waiting afterwards sends nothing when the
+/// window ends.
+#[tokio::test]
+async fn a_released_completion_leaves_no_wake_up_behind() {
+    let px = Proxied::new(Duration::ZERO).await;
+    let window = Duration::from_millis(400);
+    let worker = px
+        .db
+        .builder()
+        .completion_batch_window(window)
+        .build()
+        .await
+        .expect("worker provider");
+    // Two activities of one execution, both running.
+    worker
+        .enqueue_for_orchestrator(start_item("i"), None)
+        .await
+        .unwrap();
+    let (_, token, _) = worker
+        .fetch_orchestration_item(LOCK, Duration::ZERO, None)
+        .await
+        .unwrap()
+        .expect("the start");
+    common::items::ack_first_turn_scheduling(&worker, "i", &token, 2)
+        .await
+        .unwrap();
+    let mut tokens = Vec::new();
+    for _ in 0..2 {
+        let (_, token, _) = worker
+            .fetch_work_item(LOCK, Duration::ZERO, None, &TagFilter::Any)
+            .await
+            .unwrap()
+            .expect("a scheduled activity");
+        tokens.push(token);
+    }
+    // The dispatcher: warm, its listener subscribed, nothing claimable.
+    let fetch = |poll: Duration| px.p().fetch_orchestration_item(LOCK, poll, None);
+    assert!(fetch(Duration::from_millis(50)).await.unwrap().is_none());
+    px.db.wait_for_listener().await;
+    assert!(fetch(Duration::from_millis(50)).await.unwrap().is_none());
+
+    let held = std::time::Instant::now();
+    worker
+        .ack_work_item(&tokens[0], Some(completion("i", 1)))
+        .await
+        .unwrap();
+    assert_eq!(
+        px.db
+            .scalar("SELECT count(*) FROM orchestrator_queue WHERE held")
+            .await
+            .as_deref(),
+        Some("1"),
+        "the first completion is held"
+    );
+    worker
+        .ack_work_item(&tokens[1], Some(completion("i", 2)))
+        .await
+        .unwrap();
+    let (item, _, _) = fetch(Duration::from_secs(20))
+        .await
+        .unwrap()
+        .expect("the released turn");
+    assert_eq!(item.messages.len(), 2, "both completions in one turn");
+    // After a claim the next fetch looks once and finds nothing (the
+    // instance's turn is running).
+    assert!(fetch(Duration::from_millis(50)).await.unwrap().is_none());
+    // This wait spans the end of the held completion's window.
+    let (res, rt) = px.measure(fetch(window + window / 2)).await;
+    assert!(res.unwrap().is_none());
+    assert!(
+        held.elapsed() > window,
+        "the wait must span the window's end"
+    );
+    assert_eq!(rt, 0, "the window's end woke the dispatcher");
+    drop(worker);
+    px.cleanup().await;
+}
+
 /// duroxide's worker reads the instance's history right after every claim.
 /// When this provider committed the instance's last turn, the claim
 /// confirms the cached history: that read sends nothing and returns what

@@ -2,9 +2,13 @@
 //!
 //! The stored procedures that make work visible send a notification on the
 //! schema's channel: payload `o` for the orchestrator queue, `w` for the
-//! worker queue, and `o` followed by a number of milliseconds for an
-//! orchestrator message that becomes claimable only then (a held completion,
-//! see [`completion_batch_window`](crate::PostgresProviderBuilder::completion_batch_window)).
+//! worker queue, and `o` followed by a number of milliseconds, `:` and the
+//! instance's key for an orchestrator message that becomes claimable only
+//! then (a held completion, see
+//! [`completion_batch_window`](crate::PostgresProviderBuilder::completion_batch_window)).
+//! `r` and a key says the instance's held completions were released (wake
+//! now, and drop the wake-up scheduled for that key); `c` and a key only
+//! drops it (a running turn's commit announces them).
 //! One listener connection per provider, started on the first long-polling
 //! fetch, turns them into in-process wake-ups. While it is down, waiters fall
 //! back to bounded polling and the listener reconnects.
@@ -197,9 +201,10 @@ async fn listen(mut conn: AsyncPgConnection, state: &Wakeups, liveness: &mut Liv
     // Anything enqueued before LISTEN took effect is picked up by a re-check.
     state.wake_all();
     liveness.faults.mark_unchanged();
-    // The earliest announced `o<ms>` still to come; later ones are found
-    // by the fetch this wake-up starts (its `retry_ms`).
-    let mut deferred: Option<tokio::time::Instant> = None;
+    // Announced `o<ms>` wake-ups still to come, the earliest per key; later
+    // ones of a key are found by the fetch that key's wake-up starts (its
+    // `retry_ms`).
+    let mut deferred = Deferred::default();
     loop {
         // Notifications are buffered by the connection while no stream
         // exists, so the stream can be dropped for a heartbeat.
@@ -213,9 +218,14 @@ async fn listen(mut conn: AsyncPgConnection, state: &Wakeups, liveness: &mut Liv
                         Some(Ok(n)) => match Payload::parse(&n.payload) {
                             Payload::Orchestrator => state.wake_orchestrators(),
                             Payload::Worker => state.worker.notify_waiters(),
-                            Payload::OrchestratorIn(after) => {
-                                let at = tokio::time::Instant::now() + after;
-                                deferred = Some(deferred.map_or(at, |d| d.min(at)));
+                            Payload::OrchestratorIn { after, key } => {
+                                deferred.schedule(key, tokio::time::Instant::now() + after);
+                            }
+                            Payload::Released { key, wake } => {
+                                deferred.cancel(key);
+                                if wake {
+                                    state.wake_orchestrators();
+                                }
                             }
                             Payload::Unknown => state.wake_all(),
                         },
@@ -228,8 +238,8 @@ async fn listen(mut conn: AsyncPgConnection, state: &Wakeups, liveness: &mut Liv
                             return;
                         }
                     },
-                    () = sleep_until_some(deferred) => {
-                        deferred = None;
+                    () = sleep_until_some(deferred.next()) => {
+                        deferred.take_due(tokio::time::Instant::now());
                         state.wake_orchestrators();
                     }
                     _ = &mut heartbeat => break,
@@ -268,8 +278,13 @@ enum Payload {
     /// Worker work is claimable now.
     Worker,
     /// Orchestrator work becomes claimable after this long (a held
-    /// completion).
-    OrchestratorIn(Duration),
+    /// completion of the instance with this key; none from the release
+    /// that introduced holding).
+    OrchestratorIn { after: Duration, key: Option<i64> },
+    /// The held completions of the instance with this key were released:
+    /// its scheduled wake-up is void; wake now unless a running turn's
+    /// commit will announce them.
+    Released { key: i64, wake: bool },
     /// Anything else (a newer release's payload): wake everything.
     Unknown,
 }
@@ -279,11 +294,59 @@ impl Payload {
         match payload {
             "o" => Self::Orchestrator,
             "w" => Self::Worker,
-            _ => match payload.strip_prefix('o').map(str::parse::<u64>) {
-                Some(Ok(ms)) => Self::OrchestratorIn(Duration::from_millis(ms)),
-                _ => Self::Unknown,
-            },
+            _ => Self::parse_keyed(payload).unwrap_or(Self::Unknown),
         }
+    }
+
+    fn parse_keyed(payload: &str) -> Option<Self> {
+        if let Some(rest) = payload.strip_prefix('o') {
+            let (ms, key) = match rest.split_once(':') {
+                Some((ms, key)) => (ms, Some(key.parse().ok()?)),
+                None => (rest, None),
+            };
+            let after = Duration::from_millis(ms.parse().ok()?);
+            return Some(Self::OrchestratorIn { after, key });
+        }
+        let (wake, key) = match payload.split_at_checked(1)? {
+            ("r", key) => (true, key),
+            ("c", key) => (false, key),
+            _ => return None,
+        };
+        Some(Self::Released {
+            key: key.parse().ok()?,
+            wake,
+        })
+    }
+}
+
+/// Wake-ups scheduled by `o<ms>` announcements: the earliest per
+/// instance key (`None`: announcements without a key).
+#[derive(Default)]
+struct Deferred {
+    at: std::collections::HashMap<Option<i64>, tokio::time::Instant>,
+}
+
+impl Deferred {
+    fn schedule(&mut self, key: Option<i64>, at: tokio::time::Instant) {
+        self.at
+            .entry(key)
+            .and_modify(|d| *d = (*d).min(at))
+            .or_insert(at);
+    }
+
+    /// Drops the wake-up of `key` (its held completions were released).
+    fn cancel(&mut self, key: i64) {
+        self.at.remove(&Some(key));
+    }
+
+    /// The earliest scheduled wake-up.
+    fn next(&self) -> Option<tokio::time::Instant> {
+        self.at.values().min().copied()
+    }
+
+    /// Forgets the wake-ups due by `now` (one wake-up covers them all).
+    fn take_due(&mut self, now: tokio::time::Instant) {
+        self.at.retain(|_, at| *at > now);
     }
 }
 
@@ -305,11 +368,61 @@ mod tests {
         assert_eq!(Payload::parse("w"), Payload::Worker);
         assert_eq!(
             Payload::parse("o25"),
-            Payload::OrchestratorIn(Duration::from_millis(25))
+            Payload::OrchestratorIn {
+                after: Duration::from_millis(25),
+                key: None
+            }
+        );
+        assert_eq!(
+            Payload::parse("o25:-9007"),
+            Payload::OrchestratorIn {
+                after: Duration::from_millis(25),
+                key: Some(-9007)
+            }
+        );
+        assert_eq!(
+            Payload::parse("r42"),
+            Payload::Released {
+                key: 42,
+                wake: true
+            }
+        );
+        assert_eq!(
+            Payload::parse("c-42"),
+            Payload::Released {
+                key: -42,
+                wake: false
+            }
         );
         assert_eq!(Payload::parse("o-1"), Payload::Unknown);
+        assert_eq!(Payload::parse("o25:"), Payload::Unknown);
+        assert_eq!(Payload::parse("o:7"), Payload::Unknown);
+        assert_eq!(Payload::parse("r"), Payload::Unknown);
+        assert_eq!(Payload::parse("rx"), Payload::Unknown);
+        assert_eq!(Payload::parse("x1"), Payload::Unknown);
         assert_eq!(Payload::parse("ox"), Payload::Unknown);
         assert_eq!(Payload::parse("w5"), Payload::Unknown);
         assert_eq!(Payload::parse(""), Payload::Unknown);
+        assert_eq!(Payload::parse("é"), Payload::Unknown);
+    }
+
+    #[test]
+    fn a_release_drops_only_its_keys_wake_up() {
+        let t0 = tokio::time::Instant::now();
+        let ms = Duration::from_millis;
+        let mut d = Deferred::default();
+        assert_eq!(d.next(), None);
+        d.schedule(Some(1), t0 + ms(30));
+        d.schedule(Some(1), t0 + ms(50)); // a later one of the same key
+        d.schedule(Some(2), t0 + ms(40));
+        d.schedule(None, t0 + ms(60));
+        assert_eq!(d.next(), Some(t0 + ms(30)));
+        d.cancel(1);
+        assert_eq!(d.next(), Some(t0 + ms(40)), "key 2 keeps its wake-up");
+        d.cancel(3); // nothing scheduled for it
+        d.take_due(t0 + ms(40));
+        assert_eq!(d.next(), Some(t0 + ms(60)), "the keyless one stays");
+        d.take_due(t0 + ms(60));
+        assert_eq!(d.next(), None);
     }
 }
