@@ -2,7 +2,8 @@
 //! ages, fresh and after a quarter, half and all of `DXBENCH_CHURN`
 //! (default 200,000) orchestrations have completed on it; once keeping
 //! every completed instance, once deleting completed instances after each
-//! batch (a retention task). What ages: dead tuples in the queue tables,
+//! batch (a retention task); `DXBENCH_CHURN_CURVES=kept` or `pruned` runs
+//! one of the two. What ages: dead tuples in the queue tables,
 //! index bloat, and (without pruning) instances, executions and history
 //! that only grow. The target: the rate at the end within 10% of fresh.
 //!
@@ -11,7 +12,10 @@
 //! autovacuum is idle, `DXBENCH_RUNS` windows on it alternate with as many
 //! on a fresh schema made for that point, and the point's ratio is the
 //! median of the one over the median of the other. At 0 completed both
-//! schemas are fresh, so that row shows the measurement's own noise.
+//! schemas are fresh, so that row shows the measurement's own noise. A third
+//! series runs a new provider and runtime on the aged schema (the aged ones
+//! stopped meanwhile), telling what the schema's age costs from what the
+//! process's does.
 //!
 //! Autovacuum runs with the settings the migrations give the tables (see
 //! docs/operations.md); the server's own autovacuum settings are defaults.
@@ -41,8 +45,14 @@ const SETTLE: Duration = Duration::from_secs(120);
 struct Point {
     completed: usize,
     aged: Vec<f64>,
+    /// On the aging schema, a provider and runtime started for the window
+    /// (the aged ones stopped meanwhile): tells the schema's age from the
+    /// process's.
+    renewed: Vec<f64>,
     fresh: Vec<f64>,
     bytes: u64,
+    /// Dead tuples in the aging schema's tables when the point started.
+    dead: u64,
 }
 
 impl Point {
@@ -65,6 +75,23 @@ async fn schema_bytes(url: &str, schema: &str) -> u64 {
             "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE n.nspname = '{}' AND c.relkind = 'r'",
+            schema.replace('\'', "''")
+        ),
+    )
+    .await
+    .ok()
+    .flatten()
+    .and_then(|v| v.parse().ok())
+    .unwrap_or(0)
+}
+
+/// Dead tuples in the schema's tables, as the statistics count them.
+async fn dead_tuples(url: &str, schema: &str) -> u64 {
+    duroxide_diesel_testkit::db::scalar(
+        url,
+        &format!(
+            "SELECT coalesce(sum(n_dead_tup), 0)::text FROM pg_stat_user_tables \
+             WHERE schemaname = '{}'",
             schema.replace('\'', "''")
         ),
     )
@@ -155,7 +182,7 @@ async fn curve(url: &str, cfg: &Config, total: usize, prune: bool) -> Res<Curve>
     let provider: Arc<dyn duroxide::providers::Provider> = Arc::new(build_pg(url, &schema).await?);
     let admin = build_pg(url, &schema).await?;
     let tap = Tap::new(provider);
-    let rt = start_runtime(&tap, options()).await;
+    let mut rt = Some(start_runtime(&tap, options()).await);
     let mut checkpoints = vec![0, total / 4, total / 2, total];
     checkpoints.dedup();
     let label = if prune { "pruned" } else { "kept" };
@@ -175,8 +202,10 @@ async fn curve(url: &str, cfg: &Config, total: usize, prune: bool) -> Res<Curve>
                 done = point;
             }
             let waited = settle(url, &schema, SETTLE).await;
+            let dead = dead_tuples(url, &schema).await;
             progress(format!(
-                "(j) {label}: steady rate after {point} (autovacuum settled in {:.0} s)",
+                "(j) {label}: steady rate after {point} (autovacuum settled in {:.0} s, \
+                 {dead} dead tuples)",
                 waited.as_secs_f64()
             ));
             // A fresh schema of its own per point, its windows alternating
@@ -184,7 +213,7 @@ async fn curve(url: &str, cfg: &Config, total: usize, prune: bool) -> Res<Curve>
             // the machine's drift lands on both alike.
             let (fresh_tap, fresh_rt) = tapped_runtime(url, "churnf", None, options()).await?;
             let measured = async {
-                let (mut aged, mut fresh) = (Vec::new(), Vec::new());
+                let (mut aged, mut renewed, mut fresh) = (Vec::new(), Vec::new(), Vec::new());
                 for w in 0..cfg.runs {
                     let order = if w % 2 == 0 {
                         [false, true]
@@ -200,28 +229,45 @@ async fn curve(url: &str, cfg: &Config, total: usize, prune: bool) -> Res<Curve>
                             fresh.push(steady_rate(&fresh_tap, cfg.stress_secs, &p).await?);
                         }
                     }
+                    // A new provider and runtime on the aged schema, the
+                    // aged runtime stopped meanwhile (its provider kept).
+                    if let Some(r) = rt.take() {
+                        r.shutdown(None).await;
+                    }
+                    let renewed_tap = Tap::new(Arc::new(build_pg(url, &schema).await?));
+                    let renewed_rt = start_runtime(&renewed_tap, options()).await;
+                    let p = format!("n{point}-{w}-");
+                    let rate = steady_rate(&renewed_tap, cfg.stress_secs, &p).await;
+                    renewed_rt.shutdown(None).await;
+                    rt = Some(start_runtime(&tap, options()).await);
+                    renewed.push(rate?);
                 }
-                Ok::<_, String>((aged, fresh))
+                Ok::<_, String>((aged, renewed, fresh))
             }
             .await;
             fresh_rt.shutdown(None).await;
-            let (aged, fresh) = measured?;
+            let (aged, renewed, fresh) = measured?;
             progress(format!(
-                "(j) {label}: after {point}: aged {} fresh {} orch/s",
+                "(j) {label}: after {point}: aged {} new process on aged {} fresh {} orch/s",
                 list(&aged),
+                list(&renewed),
                 list(&fresh)
             ));
             points.push(Point {
                 completed: point,
                 aged,
+                renewed,
                 fresh,
                 bytes: schema_bytes(url, &schema).await,
+                dead,
             });
         }
         Ok(Curve { points })
     }
     .await;
-    rt.shutdown(None).await;
+    if let Some(r) = rt {
+        r.shutdown(None).await;
+    }
     outcome
 }
 
@@ -237,31 +283,49 @@ pub async fn run(url: &str, cfg: &Config) -> Res<ChurnSummary> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(if cfg.quick { 600 } else { 200_000 });
-    let kept = curve(url, cfg, total, false).await?;
-    let pruned = curve(url, cfg, total, true).await?;
+    // `DXBENCH_CHURN_CURVES`: `kept`, `pruned` or both (the default).
+    let wanted = std::env::var("DXBENCH_CHURN_CURVES").unwrap_or_default();
+    let wants = |name: &str| wanted.is_empty() || wanted.split(',').any(|c| c.trim() == name);
+    let kept = if wants("kept") {
+        Some(curve(url, cfg, total, false).await?)
+    } else {
+        None
+    };
+    let pruned = if wants("pruned") {
+        Some(curve(url, cfg, total, true).await?)
+    } else {
+        None
+    };
     println!(
         "(j) churn: orchestrations of one trivial activity, one runtime (concurrency 4/4); steady \
          rate (as in (h), {} s windows) on one schema after N orchestrations completed on it, \
          keeping every completed instance or deleting them after each batch of {BATCH}; at each \
-         point {} windows on the aged schema alternate with {} on a fresh one, once autovacuum \
-         of the aged schema is idle (at most {} s); medians",
+         point {} windows on the aged schema alternate with {} on a fresh one and {} of a new \
+         provider and runtime on the aged schema, once autovacuum of the aged schema is idle (at \
+         most {} s); medians",
         cfg.stress_secs,
+        cfg.runs,
         cfg.runs,
         cfg.runs,
         SETTLE.as_secs()
     );
     let mut rows = Vec::new();
     for (label, c) in [("kept", &kept), ("pruned", &pruned)] {
+        let Some(c) = c else { continue };
         for p in &c.points {
             rows.push(vec![
                 label.to_owned(),
                 p.completed.to_string(),
                 fmt_num(median(&p.aged)),
+                fmt_num(median(&p.renewed)),
                 fmt_num(median(&p.fresh)),
                 format!("{}x", fmt_num(p.ratio())),
+                format!("{}x", fmt_num(median(&p.renewed) / median(&p.fresh))),
                 list(&p.aged),
+                list(&p.renewed),
                 list(&p.fresh),
                 format!("{} MB", fmt_num(p.bytes as f64 / 1e6)),
+                p.dead.to_string(),
             ]);
         }
     }
@@ -270,15 +334,23 @@ pub async fn run(url: &str, cfg: &Config) -> Res<ChurnSummary> {
             "schema",
             "completed before",
             "aged orch/s",
+            "new process on aged",
             "fresh orch/s",
             "aged vs fresh",
+            "new process vs fresh",
             "aged windows",
+            "new process windows",
             "fresh windows",
             "aged schema size",
+            "dead tuples at start",
         ],
         &rows,
     );
-    let last = |c: &Curve| c.points.last().map_or(f64::NAN, Point::ratio);
+    let last = |c: &Option<Curve>| {
+        c.as_ref()
+            .and_then(|c| c.points.last())
+            .map_or(f64::NAN, Point::ratio)
+    };
     Ok(ChurnSummary {
         total,
         kept: last(&kept),

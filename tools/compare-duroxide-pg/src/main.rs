@@ -25,10 +25,7 @@
 //! direct runs only); the server is the postmaster and every process it
 //! started (backends, WAL writer, checkpointer, autovacuum), counted
 //! through the postmaster's reaped-children times once a backend exits. So
-//! the server must run on this machine for the server column. Of the
-//! server's CPU, the part of its client backends (the providers' own
-//! connections, sampled every 100 ms) is printed apart: the checkpointer's
-//! and autovacuum's bursts land in whichever run they overlap.
+//! the server must run on this machine for the server column.
 //!
 //! A last pass runs each PostgreSQL provider alone with `track_functions = pl` and
 //! prints server time per stored function per orchestration
@@ -189,88 +186,6 @@ fn cpu_now(postmaster: Option<u32>) -> Cpu {
     Cpu { client, server }
 }
 
-/// Whether a postmaster child is a client backend, from its process title
-/// (`postgres: user db host(port) state`, against `postgres: checkpointer`
-/// and the other background processes).
-fn is_client_backend(pid: &str) -> bool {
-    let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    let title = String::from_utf8_lossy(&cmd);
-    let title = title.trim_start_matches("postgres: ");
-    const BACKGROUND: [&str; 9] = [
-        "checkpointer",
-        "background writer",
-        "walwriter",
-        "autovacuum",
-        "logical replication",
-        "archiver",
-        "stats",
-        "walsender",
-        "parallel worker",
-    ];
-    !BACKGROUND.iter().any(|b| title.starts_with(b))
-}
-
-/// CPU of the server's client backends over one run, sampled every 100 ms
-/// on a thread of its own: a backend that exits during the run loses at
-/// most its last 100 ms. The rest of the server's CPU (checkpointer, WAL
-/// writer, autovacuum) lands in whichever run it happens to overlap, so
-/// this is the steadier measure of what a provider's calls cost.
-struct BackendMeter {
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    handle: std::thread::JoinHandle<u64>,
-}
-
-impl BackendMeter {
-    fn start(postmaster: u32) -> Self {
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let handle = std::thread::spawn(move || {
-            // pid -> (ticks when first seen, ticks when last seen)
-            let mut seen: std::collections::HashMap<String, (u64, u64)> =
-                std::collections::HashMap::new();
-            let mut first = true;
-            loop {
-                let done = flag.load(std::sync::atomic::Ordering::Relaxed);
-                if let Ok(rd) = std::fs::read_dir("/proc") {
-                    for n in rd
-                        .filter_map(|e| e.ok())
-                        .filter_map(|e| e.file_name().into_string().ok())
-                        .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-                    {
-                        let Some((t, _, ppid)) = proc_times(&n) else {
-                            continue;
-                        };
-                        if ppid != postmaster {
-                            continue;
-                        }
-                        if let Some(e) = seen.get_mut(&n) {
-                            e.1 = t;
-                        } else if is_client_backend(&n) {
-                            // Born during the run: all of its time counts.
-                            seen.insert(n, (if first { t } else { 0 }, t));
-                        }
-                    }
-                }
-                first = false;
-                if done {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            seen.values().map(|(a, b)| b.saturating_sub(*a)).sum()
-        });
-        BackendMeter { stop, handle }
-    }
-
-    /// Client backend CPU since [`BackendMeter::start`], in clock ticks.
-    fn finish(self) -> u64 {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.handle.join().unwrap_or(0)
-    }
-}
-
 fn ticks_per_second() -> f64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
@@ -298,12 +213,10 @@ struct Cell {
     failed: usize,
     client_ticks: u64,
     server_ticks: u64,
-    backend_ticks: u64,
 }
 
 impl Cell {
-    fn add(&mut self, r: &StressTestResult, before: Cpu, after: Cpu, backends: u64) {
-        self.backend_ticks += backends;
+    fn add(&mut self, r: &StressTestResult, before: Cpu, after: Cpu) {
         self.orch.push(r.orch_throughput);
         self.completed += r.completed;
         self.launched += r.launched;
@@ -616,7 +529,6 @@ async fn run() -> Res<()> {
                     schemas: Arc::clone(&schemas),
                     files: Arc::clone(&files),
                 };
-                let meter = postmaster.map(BackendMeter::start);
                 let before = cpu_now(postmaster);
                 let r = run_parallel_orchestrations_test_with_config(
                     &factory,
@@ -625,8 +537,7 @@ async fn run() -> Res<()> {
                 .await
                 .map_err(|e| format!("stress on {}: {e}", kind.label()))?;
                 let after = cpu_now(postmaster);
-                let backends = meter.map_or(0, BackendMeter::finish);
-                cell.add(&r, before, after, backends);
+                cell.add(&r, before, after);
             }
         }
         println!(
@@ -666,11 +577,6 @@ async fn run() -> Res<()> {
                     } else {
                         "-".to_owned()
                     },
-                    if kind.is_postgres() && postmaster.is_some() {
-                        num(cell.per_orch(cell.backend_ticks, hz))
-                    } else {
-                        "-".to_owned()
-                    },
                     cell.orch
                         .iter()
                         .map(|x| num(*x))
@@ -689,7 +595,6 @@ async fn run() -> Res<()> {
                 "completed/launched",
                 "client CPU ms/orch",
                 "server CPU ms/orch",
-                "of which client backends",
                 "orch/s per run",
             ],
             &rows,
