@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::TestDb;
-use common::items::{completion_item, start_item};
-use duroxide::providers::{OrchestrationItem, Provider, TagFilter, WorkItem};
+use common::items::completion_item;
+use duroxide::providers::{OrchestrationItem, Provider, WorkItem};
 use duroxide::runtime::registry::ActivityRegistry;
 use duroxide::runtime::{self, RuntimeOptions};
 use duroxide::{
@@ -27,30 +27,11 @@ async fn provider(db: &TestDb, window: Duration) -> PostgresProvider {
         .expect("create provider")
 }
 
-/// Starts `instance` and commits a first turn that schedules activities
-/// `1..=n`; returns their lock tokens, all claimed (running).
+/// `fan_out_running` with this file's lock timeout.
 async fn fan_out(p: &PostgresProvider, instance: &str, n: u64) -> Vec<String> {
-    p.enqueue_for_orchestrator(start_item(instance), None)
-        .await
-        .unwrap();
-    let (_, token, _) = p
-        .fetch_orchestration_item(LOCK, Duration::ZERO, None)
+    common::items::fan_out_running(p, instance, n, LOCK)
         .await
         .unwrap()
-        .expect("the start");
-    common::items::ack_first_turn_scheduling(p, instance, &token, n)
-        .await
-        .unwrap();
-    let mut tokens = Vec::new();
-    for _ in 1..=n {
-        let (_, token, _) = p
-            .fetch_work_item(LOCK, Duration::ZERO, None, &TagFilter::Any)
-            .await
-            .unwrap()
-            .expect("a scheduled activity");
-        tokens.push(token);
-    }
-    tokens
 }
 
 /// Asserts that `turn` carries exactly completion 1, claimed once the

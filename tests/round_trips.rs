@@ -495,27 +495,9 @@ async fn a_released_completion_leaves_no_wake_up_behind() {
         .await
         .expect("worker provider");
     // Two activities of one execution, both running.
-    worker
-        .enqueue_for_orchestrator(start_item("i"), None)
+    let tokens = common::items::fan_out_running(&worker, "i", 2, LOCK)
         .await
         .unwrap();
-    let (_, token, _) = worker
-        .fetch_orchestration_item(LOCK, Duration::ZERO, None)
-        .await
-        .unwrap()
-        .expect("the start");
-    common::items::ack_first_turn_scheduling(&worker, "i", &token, 2)
-        .await
-        .unwrap();
-    let mut tokens = Vec::new();
-    for _ in 0..2 {
-        let (_, token, _) = worker
-            .fetch_work_item(LOCK, Duration::ZERO, None, &TagFilter::Any)
-            .await
-            .unwrap()
-            .expect("a scheduled activity");
-        tokens.push(token);
-    }
     // The dispatcher: warm, its listener subscribed, nothing claimable.
     let fetch = |poll: Duration| px.p().fetch_orchestration_item(LOCK, poll, None);
     assert!(fetch(Duration::from_millis(50)).await.unwrap().is_none());

@@ -67,39 +67,31 @@ struct Curve {
     points: Vec<Point>,
 }
 
+/// A number about `schema` from `sql`, in which `{schema}` stands for the
+/// schema's name as a string literal (0 if the query fails).
+async fn schema_number(url: &str, schema: &str, sql: &str) -> u64 {
+    let literal = format!("'{}'", schema.replace('\'', "''"));
+    duroxide_diesel_testkit::db::scalar(url, &sql.replace("{schema}", &literal))
+        .await
+        .ok()
+        .flatten()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Bytes the schema's tables take with their indexes and TOAST.
 async fn schema_bytes(url: &str, schema: &str) -> u64 {
-    duroxide_diesel_testkit::db::scalar(
-        url,
-        &format!(
-            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c \
-             JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = '{}' AND c.relkind = 'r'",
-            schema.replace('\'', "''")
-        ),
-    )
-    .await
-    .ok()
-    .flatten()
-    .and_then(|v| v.parse().ok())
-    .unwrap_or(0)
+    let sql = "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c \
+               JOIN pg_namespace n ON n.oid = c.relnamespace \
+               WHERE n.nspname = {schema} AND c.relkind = 'r'";
+    schema_number(url, schema, sql).await
 }
 
 /// Dead tuples in the schema's tables, as the statistics count them.
 async fn dead_tuples(url: &str, schema: &str) -> u64 {
-    duroxide_diesel_testkit::db::scalar(
-        url,
-        &format!(
-            "SELECT coalesce(sum(n_dead_tup), 0)::text FROM pg_stat_user_tables \
-             WHERE schemaname = '{}'",
-            schema.replace('\'', "''")
-        ),
-    )
-    .await
-    .ok()
-    .flatten()
-    .and_then(|v| v.parse().ok())
-    .unwrap_or(0)
+    let sql = "SELECT coalesce(sum(n_dead_tup), 0)::text FROM pg_stat_user_tables \
+               WHERE schemaname = {schema}";
+    schema_number(url, schema, sql).await
 }
 
 /// Waits (at most `within`) until no autovacuum worker is busy with one of
@@ -107,21 +99,9 @@ async fn dead_tuples(url: &str, schema: &str) -> u64 {
 /// the churn burst before it triggered. Returns the time waited.
 async fn settle(url: &str, schema: &str, within: Duration) -> Duration {
     let t = Instant::now();
-    let sql = format!(
-        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' \
-         AND query LIKE '%{}.%'",
-        schema.replace('\'', "''")
-    );
-    while t.elapsed() < within {
-        let busy = duroxide_diesel_testkit::db::scalar(url, &sql)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|v| v.parse::<i64>().ok())
-            .unwrap_or(0);
-        if busy == 0 {
-            break;
-        }
+    let sql = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' \
+               AND query LIKE '%' || {schema} || '.%'";
+    while t.elapsed() < within && schema_number(url, schema, sql).await > 0 {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     t.elapsed()

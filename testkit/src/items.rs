@@ -1,7 +1,9 @@
 //! Work items and a first turn, built the way duroxide's runtime builds them,
 //! for tests and benchmarks that drive the provider directly.
 
-use duroxide::providers::{ExecutionMetadata, Provider, ProviderError, WorkItem};
+use std::time::Duration;
+
+use duroxide::providers::{ExecutionMetadata, Provider, ProviderError, TagFilter, WorkItem};
 use duroxide::{Event, EventKind, INITIAL_EVENT_ID, INITIAL_EXECUTION_ID};
 
 /// Orchestration name used by these items.
@@ -147,4 +149,31 @@ pub async fn ack_first_turn_scheduling(
         vec![],
     )
     .await
+}
+
+/// Starts `instance`, acknowledges a first turn that schedules activities
+/// `1..=n` and claims them all (`lock` each); returns their lock tokens in
+/// claim order, so every activity of the execution is running.
+pub async fn fan_out_running(
+    p: &dyn Provider,
+    instance: &str,
+    n: u64,
+    lock: Duration,
+) -> Result<Vec<String>, ProviderError> {
+    p.enqueue_for_orchestrator(start_item(instance), None)
+        .await?;
+    let (_, token, _) = p
+        .fetch_orchestration_item(lock, Duration::ZERO, None)
+        .await?
+        .expect("the start just enqueued is claimable");
+    ack_first_turn_scheduling(p, instance, &token, n).await?;
+    let mut tokens = Vec::new();
+    for _ in 1..=n {
+        let (_, token, _) = p
+            .fetch_work_item(lock, Duration::ZERO, None, &TagFilter::Any)
+            .await?
+            .expect("a scheduled activity is claimable");
+        tokens.push(token);
+    }
+    Ok(tokens)
 }
