@@ -18,7 +18,10 @@
 //! process's does.
 //!
 //! Autovacuum runs with the settings the migrations give the tables (see
-//! docs/operations.md); the server's own autovacuum settings are defaults.
+//! docs/operations.md) and the server's own settings, which are defaults
+//! but for `DXBENCH_AUTOVACUUM_NAPTIME` (seconds): the section then sets
+//! the server's `autovacuum_naptime` to it (`ALTER SYSTEM`, reloaded) for
+//! its run and resets it after. The header names the value in force.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -258,7 +261,59 @@ pub struct ChurnSummary {
     pub pruned: f64,
 }
 
+/// Sets the server's `autovacuum_naptime` to `secs` seconds (`None`:
+/// back to its configured value) and reloads the configuration.
+async fn set_naptime(url: &str, secs: Option<u64>) -> Res<()> {
+    let sql = match secs {
+        Some(s) => format!("ALTER SYSTEM SET autovacuum_naptime = '{s}s'"),
+        None => "ALTER SYSTEM RESET autovacuum_naptime".to_owned(),
+    };
+    // ALTER SYSTEM refuses to share a batch (an implicit transaction).
+    let db = duroxide_diesel_testkit::db::execute;
+    db(url, &sql).await.map_err(|e| format!("{sql}: {e}"))?;
+    db(url, "SELECT pg_reload_conf()")
+        .await
+        .map_err(|e| format!("pg_reload_conf: {e}"))?;
+    // The postmaster applies a reload asynchronously: wait (briefly) until
+    // a new session sees the value, so the header names what runs.
+    if let Some(s) = secs {
+        let want = format!("{s}s");
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(5) {
+            let now =
+                duroxide_diesel_testkit::db::scalar(url, "current_setting('autovacuum_naptime')")
+                    .await
+                    .ok()
+                    .flatten();
+            if now.as_deref() == Some(want.as_str()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
+
 pub async fn run(url: &str, cfg: &Config) -> Res<ChurnSummary> {
+    let naptime = std::env::var("DXBENCH_AUTOVACUUM_NAPTIME")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(secs) = naptime {
+        set_naptime(url, Some(secs)).await?;
+    }
+    let outcome = curves(url, cfg).await;
+    if naptime.is_some() {
+        set_naptime(url, None).await?;
+    }
+    outcome
+}
+
+async fn curves(url: &str, cfg: &Config) -> Res<ChurnSummary> {
+    let naptime = duroxide_diesel_testkit::db::scalar(url, "current_setting('autovacuum_naptime')")
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| "unknown".to_owned());
     let total = std::env::var("DXBENCH_CHURN")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -282,7 +337,7 @@ pub async fn run(url: &str, cfg: &Config) -> Res<ChurnSummary> {
          keeping every completed instance or deleting them after each batch of {BATCH}; at each \
          point {} windows on the aged schema alternate with {} on a fresh one and {} of a new \
          provider and runtime on the aged schema, once autovacuum of the aged schema is idle (at \
-         most {} s); medians",
+         most {} s); medians; server autovacuum_naptime {naptime}",
         cfg.stress_secs,
         cfg.runs,
         cfg.runs,
