@@ -16,6 +16,9 @@ pub const DEFAULT_HISTORY_CACHE_EVENTS: usize = 100_000;
 /// Default of [`Options::cached_read_window`].
 pub const DEFAULT_CACHED_READ_WINDOW: Duration = Duration::from_millis(10);
 
+/// Default of [`Options::completion_batch_window`].
+pub const DEFAULT_COMPLETION_BATCH_WINDOW: Duration = Duration::from_millis(10);
+
 /// Longest [`Options::completion_batch_window`] accepted.
 pub const MAX_COMPLETION_BATCH_WINDOW: Duration = Duration::from_secs(1);
 
@@ -88,7 +91,7 @@ impl Default for Options {
             direct_url: None,
             history_cache_events: DEFAULT_HISTORY_CACHE_EVENTS,
             cached_read_window: DEFAULT_CACHED_READ_WINDOW,
-            completion_batch_window: Duration::ZERO,
+            completion_batch_window: DEFAULT_COMPLETION_BATCH_WINDOW,
         }
     }
 }

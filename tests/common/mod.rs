@@ -138,8 +138,9 @@ pub struct Factory {
     /// Providers reach the server through this PgBouncer (transaction
     /// pooling), with `url` as their direct URL.
     pooler: Option<String>,
-    /// The providers' `completion_batch_window` (zero: the default).
-    batch_window: Duration,
+    /// The providers' `completion_batch_window` (`None`: the provider's
+    /// default, [`duroxide_diesel::DEFAULT_COMPLETION_BATCH_WINDOW`]).
+    batch_window: Option<Duration>,
     schemas: std::sync::Mutex<Vec<String>>,
 }
 
@@ -148,16 +149,16 @@ impl Factory {
         Self {
             url: pg::database_url(),
             pooler: None,
-            batch_window: Duration::ZERO,
+            batch_window: None,
             schemas: std::sync::Mutex::new(Vec::new()),
         }
     }
 
-    /// Providers that hold a completion up to 50 ms for the other
-    /// activities of its execution (`completion_batch_window`).
-    pub async fn with_completion_batching() -> Self {
+    /// Providers that never hold a completion for the other activities of
+    /// its execution (`completion_batch_window` zero).
+    pub async fn without_completion_batching() -> Self {
         Self {
-            batch_window: Duration::from_millis(50),
+            batch_window: Some(Duration::ZERO),
             ..Self::new().await
         }
     }
@@ -201,12 +202,16 @@ impl ProviderFactory for Factory {
             schema: unique_schema("dxv"),
         };
         let provider = match &self.pooler {
-            None => db
-                .builder()
-                .completion_batch_window(self.batch_window)
+            None => {
+                let builder = db.builder();
+                match self.batch_window {
+                    Some(window) => builder.completion_batch_window(window),
+                    None => builder,
+                }
                 .build()
                 .await
-                .expect("create provider"),
+                .expect("create provider")
+            }
             Some(pooler) => db.provider_through(pooler).await,
         };
         self.schemas.lock().unwrap().push(db.schema);
@@ -256,8 +261,9 @@ impl duroxide::provider_stress_tests::parallel_orchestrations::ProviderStressFac
 /// module in scope, each with a fresh factory, and the same tests again in
 /// a module `through_pgbouncer` whose providers reach the server through
 /// PgBouncer in transaction pooling mode, and in a module
-/// `with_completion_batching` whose providers hold completions for their
-/// siblings (`completion_batch_window`).
+/// `without_completion_batching` whose providers never hold completions
+/// for their siblings (`completion_batch_window` zero; the default holds
+/// them up to 10 ms).
 ///
 /// Names after `direct only:` run directly only, each with the reason it
 /// cannot pass through a transaction pooler written where it is listed.
@@ -296,12 +302,12 @@ macro_rules! validation_tests {
             )*
         }
 
-        mod with_completion_batching {
+        mod without_completion_batching {
             use super::suite;
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    let factory = $crate::common::Factory::with_completion_batching().await;
+                    let factory = $crate::common::Factory::without_completion_batching().await;
                     suite::$name(&factory).await;
                     factory.cleanup().await;
                 }

@@ -14,10 +14,12 @@
 //! (one-way delays in ms added by the proxy, default `0,0.5,2`; 0 means a
 //! direct connection), `COMPARE_CONC` (orch:worker concurrencies, default
 //! `1:1,2:2`), `COMPARE_PROVIDERS` (any of
-//! `diesel,diesel-batched,pg,sqlite-file,sqlite-memory`, default all; the
-//! SQLite ones run only without added delay; `diesel-batched` is
-//! duroxide-diesel with `completion_batch_window` set to `COMPARE_BATCH_MS`,
-//! default 10), `DATABASE_URL` (otherwise the benchmark's throwaway cluster,
+//! `diesel,diesel-unbatched,diesel-batched,pg,sqlite-file,sqlite-memory`,
+//! default all; the SQLite ones run only without added delay; `diesel` is
+//! duroxide-diesel with its defaults, `diesel-unbatched` with a zero
+//! `completion_batch_window`, `diesel-batched` with the window set to
+//! `COMPARE_BATCH_MS`, default 10, the default window), `DATABASE_URL`
+//! (otherwise the benchmark's throwaway cluster,
 //! see the testkit), `RUST_LOG`.
 //!
 //! CPU is read from `/proc`: the client is this process (runtime, provider
@@ -50,8 +52,11 @@ type Res<T> = Result<T, String>;
 /// The providers under comparison.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
+    /// duroxide-diesel with its defaults.
     Diesel,
-    /// duroxide-diesel with a `completion_batch_window`.
+    /// duroxide-diesel without a `completion_batch_window`.
+    DieselUnbatched,
+    /// duroxide-diesel with a `completion_batch_window` of `COMPARE_BATCH_MS`.
     DieselBatched,
     DuroxidePg,
     SqliteFile,
@@ -62,6 +67,7 @@ impl Kind {
     fn label(self) -> &'static str {
         match self {
             Kind::Diesel => "duroxide-diesel",
+            Kind::DieselUnbatched => "duroxide-diesel, no batch window",
             Kind::DieselBatched => "duroxide-diesel, batched completions",
             Kind::DuroxidePg => "duroxide-pg 0.1.38",
             Kind::SqliteFile => "SQLite file (duroxide)",
@@ -73,6 +79,7 @@ impl Kind {
     fn key(self) -> &'static str {
         match self {
             Kind::Diesel => "diesel",
+            Kind::DieselUnbatched => "diesel-unbatched",
             Kind::DieselBatched => "diesel-batched",
             Kind::DuroxidePg => "pg",
             Kind::SqliteFile => "sqlite-file",
@@ -81,7 +88,15 @@ impl Kind {
     }
 
     fn is_postgres(self) -> bool {
-        matches!(self, Kind::Diesel | Kind::DieselBatched | Kind::DuroxidePg)
+        self.is_diesel() || self == Kind::DuroxidePg
+    }
+
+    /// One of this crate's configurations.
+    fn is_diesel(self) -> bool {
+        matches!(
+            self,
+            Kind::Diesel | Kind::DieselUnbatched | Kind::DieselBatched
+        )
     }
 }
 
@@ -110,15 +125,20 @@ impl ProviderStressFactory for Factory {
                         .unwrap_or_else(|e| panic!("duroxide-diesel on {s}: {e}")),
                 )
             }
-            Kind::DieselBatched => {
-                let s = schema("dxcmp_b");
+            Kind::DieselUnbatched | Kind::DieselBatched => {
+                let (tag, window) = if self.kind == Kind::DieselBatched {
+                    ("dxcmp_b", batch_window())
+                } else {
+                    ("dxcmp_u", Duration::ZERO)
+                };
+                let s = schema(tag);
                 Arc::new(
                     duroxide_diesel::PostgresProvider::builder(&self.url)
                         .schema(&s)
-                        .completion_batch_window(batch_window())
+                        .completion_batch_window(window)
                         .build()
                         .await
-                        .unwrap_or_else(|e| panic!("duroxide-diesel (batched) on {s}: {e}")),
+                        .unwrap_or_else(|e| panic!("duroxide-diesel ({window:?}) on {s}: {e}")),
                 )
             }
             Kind::DuroxidePg => {
@@ -307,6 +327,7 @@ impl Settings {
             .collect::<Res<Vec<_>>>()?;
         let all = [
             Kind::Diesel,
+            Kind::DieselUnbatched,
             Kind::DieselBatched,
             Kind::DuroxidePg,
             Kind::SqliteFile,
@@ -314,7 +335,7 @@ impl Settings {
         ];
         let providers = var(
             "COMPARE_PROVIDERS",
-            "diesel,diesel-batched,pg,sqlite-file,sqlite-memory",
+            "diesel,diesel-unbatched,diesel-batched,pg,sqlite-file,sqlite-memory",
         )
         .split(',')
         .map(|p| {
@@ -603,13 +624,18 @@ async fn run() -> Res<()> {
         // in the table; failures of this crate's provider fail the run.
         if cells
             .iter()
-            .any(|(_, k, c)| matches!(k, Kind::Diesel | Kind::DieselBatched) && c.failed > 0)
+            .any(|(_, k, c)| k.is_diesel() && c.failed > 0)
         {
             outcome = Err("duroxide-diesel orchestrations failed (see the tables)".to_owned());
         }
     }
     if s.delays.contains(&0.0) {
-        for kind in [Kind::Diesel, Kind::DieselBatched, Kind::DuroxidePg] {
+        for kind in [
+            Kind::Diesel,
+            Kind::DieselUnbatched,
+            Kind::DieselBatched,
+            Kind::DuroxidePg,
+        ] {
             if s.providers.contains(&kind) {
                 function_times(kind, &url, &s, &schemas, &files).await?;
             }
