@@ -14,7 +14,9 @@ use duroxide::runtime::{self, RuntimeOptions};
 use duroxide::{
     ActivityContext, Client, OrchestrationContext, OrchestrationRegistry, OrchestrationStatus,
 };
-use duroxide_diesel::{Error, MAX_COMPLETION_BATCH_WINDOW, PostgresProvider};
+use duroxide_diesel::{
+    DEFAULT_COMPLETION_BATCH_WINDOW, Error, MAX_COMPLETION_BATCH_WINDOW, PostgresProvider,
+};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 
 const LOCK: Duration = Duration::from_secs(30);
@@ -216,7 +218,7 @@ async fn a_completion_without_pending_siblings_or_without_a_window_is_claimable_
     assert_eq!(completed_ids(&turn.messages), vec![1]);
     drop(batching);
 
-    // The default: no window, every completion claimable as it arrives.
+    // Without a window, every completion is claimable as it arrives.
     let plain = provider(&db, Duration::ZERO).await;
     let tokens = fan_out(&plain, "unbatched", 2).await;
     plain
@@ -231,6 +233,33 @@ async fn a_completion_without_pending_siblings_or_without_a_window_is_claimable_
     assert_eq!(turn.instance, "unbatched");
     assert_eq!(completed_ids(&turn.messages), vec![1]);
     drop(plain);
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn by_default_a_completion_waits_for_a_running_sibling_up_to_the_default_window() {
+    let db = TestDb::new().await;
+    let p = db.builder().build().await.expect("create provider");
+    let tokens = fan_out(&p, "default", 2).await;
+
+    let acked = Instant::now();
+    p.ack_work_item(&tokens[0], Some(completion_item("default", 1)))
+        .await
+        .unwrap();
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM orchestrator_queue WHERE held")
+            .await
+            .as_deref(),
+        Some("1"),
+        "the completion of a fan-out with a sibling running is held"
+    );
+    let (turn, _, _) = p
+        .fetch_orchestration_item(LOCK, Duration::from_secs(20), None)
+        .await
+        .unwrap()
+        .expect("the held completion, once the default window ended");
+    assert_claimed_when_the_window_ended(&turn, acked, DEFAULT_COMPLETION_BATCH_WINDOW);
+    drop(p);
     db.cleanup().await;
 }
 

@@ -97,6 +97,22 @@ async fn dead_tuples(url: &str, schema: &str) -> u64 {
     schema_number(url, schema, sql).await
 }
 
+/// The three tables of the schema with the most dead tuples, as
+/// `name count` pairs (empty if none has any, or the query fails).
+async fn deadest_tables(url: &str, schema: &str) -> String {
+    let literal = format!("'{}'", schema.replace('\'', "''"));
+    let sql = format!(
+        "SELECT string_agg(relname || ' ' || n_dead_tup, ', ' ORDER BY n_dead_tup DESC) \
+         FROM (SELECT relname, n_dead_tup FROM pg_stat_user_tables \
+         WHERE schemaname = {literal} AND n_dead_tup > 0 ORDER BY n_dead_tup DESC LIMIT 3) t"
+    );
+    duroxide_diesel_testkit::db::scalar(url, &sql)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
 /// Waits (at most `within`) until no autovacuum worker is busy with one of
 /// `schema`'s tables, so a window does not start inside the vacuum that
 /// the churn burst before it triggered. Returns the time waited.
@@ -188,8 +204,9 @@ async fn curve(url: &str, cfg: &Config, total: usize, prune: bool) -> Res<Curve>
             let dead = dead_tuples(url, &schema).await;
             progress(format!(
                 "(j) {label}: steady rate after {point} (autovacuum settled in {:.0} s, \
-                 {dead} dead tuples)",
-                waited.as_secs_f64()
+                 {dead} dead tuples; most in: {})",
+                waited.as_secs_f64(),
+                deadest_tables(url, &schema).await
             ));
             // A fresh schema of its own per point, its windows alternating
             // with the aging schema's (and each going first in turn), so
