@@ -312,9 +312,20 @@ async fn set_naptime(url: &str, secs: Option<u64>) -> Res<()> {
 }
 
 pub async fn run(url: &str, cfg: &Config) -> Res<ChurnSummary> {
-    let naptime = std::env::var("DXBENCH_AUTOVACUUM_NAPTIME")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok());
+    let naptime = match std::env::var("DXBENCH_AUTOVACUUM_NAPTIME") {
+        Ok(v) => Some(
+            v.trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|s| *s > 0)
+                .ok_or_else(|| {
+                    format!(
+                        "DXBENCH_AUTOVACUUM_NAPTIME: {v:?} is not a whole number of seconds > 0"
+                    )
+                })?,
+        ),
+        Err(_) => None,
+    };
     if let Some(secs) = naptime {
         set_naptime(url, Some(secs)).await?;
     }

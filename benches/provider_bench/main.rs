@@ -40,8 +40,11 @@
 //!
 //! Knobs (environment): DXBENCH_QUICK=1 (1 run, 3 s stress, fewer samples),
 //! DXBENCH_RUNS, DXBENCH_STRESS_SECS, DXBENCH_SAMPLES (dispatch latency),
-//! DXBENCH_IDLE_SECS, DXBENCH_CHURN, DXBENCH_SECTIONS (e.g. "bd"), DATABASE_URL,
-//! DUROXIDE_BENCH_PG_PORT, RUST_LOG.
+//! DXBENCH_IDLE_SECS, DXBENCH_CHURN, DXBENCH_CHURN_CURVES (`kept` or
+//! `pruned`), DXBENCH_AUTOVACUUM_NAPTIME (seconds; sets the server's
+//! `autovacuum_naptime` for the churn section, reset after),
+//! DXBENCH_SECTIONS (e.g. "bd"), DATABASE_URL, DUROXIDE_BENCH_PG_PORT,
+//! RUST_LOG.
 
 mod backlog;
 mod churn;
