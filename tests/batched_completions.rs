@@ -36,6 +36,16 @@ async fn fan_out(p: &PostgresProvider, instance: &str, n: u64) -> Vec<String> {
         .unwrap()
 }
 
+/// The next turn `p` claims, waiting for it up to 20 s (a long poll).
+async fn long_poll_turn(p: &PostgresProvider) -> OrchestrationItem {
+    let (turn, _, _) = p
+        .fetch_orchestration_item(LOCK, Duration::from_secs(20), None)
+        .await
+        .unwrap()
+        .expect("the held completion, once its window ended");
+    turn
+}
+
 /// Asserts that `turn` carries exactly completion 1, claimed once the
 /// window since `acked` had ended and long before the 20 s poll timeout.
 fn assert_claimed_when_the_window_ended(
@@ -148,11 +158,7 @@ async fn a_held_completion_is_claimed_when_its_window_ends() {
         .unwrap();
     // A long poll: woken when the held completion becomes claimable, not
     // when the poll times out; the sibling never completes.
-    let (turn, _, _) = p
-        .fetch_orchestration_item(LOCK, Duration::from_secs(20), None)
-        .await
-        .unwrap()
-        .expect("the held completion, once its window ended");
+    let turn = long_poll_turn(&p).await;
     assert_claimed_when_the_window_ended(&turn, acked, window);
     drop(p);
     db.cleanup().await;
@@ -253,11 +259,7 @@ async fn by_default_a_completion_waits_for_a_running_sibling_up_to_the_default_w
         Some("1"),
         "the completion of a fan-out with a sibling running is held"
     );
-    let (turn, _, _) = p
-        .fetch_orchestration_item(LOCK, Duration::from_secs(20), None)
-        .await
-        .unwrap()
-        .expect("the held completion, once the default window ended");
+    let turn = long_poll_turn(&p).await;
     assert_claimed_when_the_window_ended(&turn, acked, DEFAULT_COMPLETION_BATCH_WINDOW);
     drop(p);
     db.cleanup().await;

@@ -70,14 +70,20 @@ struct Curve {
     points: Vec<Point>,
 }
 
-/// A number about `schema` from `sql`, in which `{schema}` stands for the
-/// schema's name as a string literal (0 if the query fails).
-async fn schema_number(url: &str, schema: &str, sql: &str) -> u64 {
+/// The value of `sql` as text, in which `{schema}` stands for `schema`'s
+/// name as a string literal (`None` for no value or a failed query).
+async fn schema_text(url: &str, schema: &str, sql: &str) -> Option<String> {
     let literal = format!("'{}'", schema.replace('\'', "''"));
     duroxide_diesel_testkit::db::scalar(url, &sql.replace("{schema}", &literal))
         .await
         .ok()
         .flatten()
+}
+
+/// [`schema_text`] as a number (0 for none).
+async fn schema_number(url: &str, schema: &str, sql: &str) -> u64 {
+    schema_text(url, schema, sql)
+        .await
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
@@ -100,17 +106,18 @@ async fn dead_tuples(url: &str, schema: &str) -> u64 {
 /// The three tables of the schema with the most dead tuples, as
 /// `name count` pairs (empty if none has any, or the query fails).
 async fn deadest_tables(url: &str, schema: &str) -> String {
-    let literal = format!("'{}'", schema.replace('\'', "''"));
-    let sql = format!(
-        "SELECT string_agg(relname || ' ' || n_dead_tup, ', ' ORDER BY n_dead_tup DESC) \
-         FROM (SELECT relname, n_dead_tup FROM pg_stat_user_tables \
-         WHERE schemaname = {literal} AND n_dead_tup > 0 ORDER BY n_dead_tup DESC LIMIT 3) t"
-    );
-    duroxide_diesel_testkit::db::scalar(url, &sql)
+    let sql = "SELECT string_agg(relname || ' ' || n_dead_tup, ', ' ORDER BY n_dead_tup DESC) \
+               FROM (SELECT relname, n_dead_tup FROM pg_stat_user_tables \
+               WHERE schemaname = {schema} AND n_dead_tup > 0 ORDER BY n_dead_tup DESC LIMIT 3) t";
+    schema_text(url, schema, sql).await.unwrap_or_default()
+}
+
+/// The server's `autovacuum_naptime` as a new session sees it.
+async fn naptime_setting(url: &str) -> Option<String> {
+    duroxide_diesel_testkit::db::scalar(url, "current_setting('autovacuum_naptime')")
         .await
         .ok()
         .flatten()
-        .unwrap_or_default()
 }
 
 /// Waits (at most `within`) until no autovacuum worker is busy with one of
@@ -297,12 +304,7 @@ async fn set_naptime(url: &str, secs: Option<u64>) -> Res<()> {
         let want = format!("{s}s");
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(5) {
-            let now =
-                duroxide_diesel_testkit::db::scalar(url, "current_setting('autovacuum_naptime')")
-                    .await
-                    .ok()
-                    .flatten();
-            if now.as_deref() == Some(want.as_str()) {
+            if naptime_setting(url).await.as_deref() == Some(want.as_str()) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -337,10 +339,8 @@ pub async fn run(url: &str, cfg: &Config) -> Res<ChurnSummary> {
 }
 
 async fn curves(url: &str, cfg: &Config) -> Res<ChurnSummary> {
-    let naptime = duroxide_diesel_testkit::db::scalar(url, "current_setting('autovacuum_naptime')")
+    let naptime = naptime_setting(url)
         .await
-        .ok()
-        .flatten()
         .unwrap_or_else(|| "unknown".to_owned());
     let total = std::env::var("DXBENCH_CHURN")
         .ok()
