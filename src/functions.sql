@@ -559,6 +559,7 @@ DECLARE
     v_reader   TEXT;
     v_base_tok TEXT;
     v_base     BIGINT;
+    v_rest     BIGINT;
 BEGIN
     -- Claims commit asynchronously (see the top of this migration).
     PERFORM pg_catalog.set_config('synchronous_commit'::TEXT, 'off'::TEXT, true);
@@ -601,11 +602,8 @@ BEGIN
             IF v_busy THEN
                 RETURN pg_catalog.jsonb_build_object('result'::TEXT, 'idle'::TEXT, 'retry_ms'::TEXT, 0::BIGINT);
             END IF;
-            RETURN pg_catalog.jsonb_build_object('result'::TEXT, 'idle'::TEXT, 'retry_ms'::TEXT, dx_ms_until(least(
-                (SELECT pg_catalog.min(visible_at) FROM orchestrator_queue
-                 WHERE visible_at > pg_catalog.now()),
-                (SELECT pg_catalog.min(l.locked_until) FROM instance_locks l
-                 WHERE l.locked_until > pg_catalog.now()))));
+            RETURN pg_catalog.jsonb_build_object('result'::TEXT, 'idle'::TEXT, 'retry_ms'::TEXT,
+                                                 dx_orchestrator_outlook(NULL::TEXT));
         END IF;
         v_skipped := pg_catalog.array_append(v_skipped, v_instance);
 
@@ -669,6 +667,10 @@ BEGIN
             CONTINUE;
         END IF;
 
+        -- What this claim leaves for the caller's next fetch (see the top
+        -- of this migration); a busy candidate passed over is work.
+        v_rest := CASE WHEN v_busy THEN 0 ELSE dx_orchestrator_outlook(v_instance) END;
+
         -- A history too large for one jsonb value (256 MB), or too large to
         -- load within the session's statement_timeout, would fail this
         -- statement every time, for every dispatcher, forever: the first
@@ -715,7 +717,8 @@ BEGIN
                 'history_base'::TEXT, CASE WHEN v_base IS NOT NULL THEN
                     pg_catalog.jsonb_build_object('token'::TEXT, v_base_tok,
                                                   'last_event_id'::TEXT, v_base) END,
-                'kv'::TEXT, v_kv);
+                'kv'::TEXT, v_kv,
+                'rest'::TEXT, pg_catalog.jsonb_build_object('retry_ms'::TEXT, v_rest));
         EXCEPTION WHEN program_limit_exceeded OR query_canceled THEN
             RETURN pg_catalog.jsonb_build_object(
                 'result'::TEXT, 'claimed'::TEXT,
@@ -904,6 +907,30 @@ CREATE OR REPLACE FUNCTION duroxide.dx_notify_channel()
 AS $function$
 BEGIN
     RETURN 'duroxide_'::TEXT || pg_catalog.md5(pg_catalog.current_schema()::TEXT);
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION duroxide.dx_orchestrator_outlook(p_claimed text)
+ RETURNS bigint
+ LANGUAGE plpgsql
+ STABLE
+ SET search_path TO 'duroxide'
+AS $function$
+BEGIN
+    IF p_claimed IS NOT NULL AND EXISTS (
+        SELECT 1 FROM orchestrator_queue q
+        WHERE q.visible_at <= pg_catalog.now()
+          AND q.instance_id <> p_claimed
+          AND NOT EXISTS (SELECT 1 FROM instance_locks l
+                          WHERE l.instance_id = q.instance_id
+                            AND l.locked_until > pg_catalog.now())) THEN
+        RETURN 0;
+    END IF;
+    RETURN dx_ms_until(least(
+        (SELECT pg_catalog.min(visible_at) FROM orchestrator_queue
+         WHERE visible_at > pg_catalog.now()),
+        (SELECT pg_catalog.min(l.locked_until) FROM instance_locks l
+         WHERE l.locked_until > pg_catalog.now())));
 END
 $function$;
 

@@ -446,7 +446,8 @@ async fn idle_long_poll_does_not_requery() {
 
 /// An orchestrator fetch after one that found nothing sends no statement
 /// while nothing is announced, then looks once when work is announced; a
-/// claim that leaves work behind does not stop the next fetch from looking.
+/// claim that leaves work behind does not stop the next fetch from looking,
+/// and one that leaves nothing does, like an empty fetch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fetch_after_an_empty_one_sends_nothing_until_work_is_announced() {
     let px = Proxied::new(Duration::ZERO).await;
@@ -467,7 +468,7 @@ async fn a_fetch_after_an_empty_one_sends_nothing_until_work_is_announced() {
     assert_eq!(item.instance, "announced");
     assert_eq!(rt, 1, "one look once work is announced");
 
-    // After a claim, the next fetch looks again: more may be ready.
+    // The claim of "first" leaves "second" claimable: the next fetch looks.
     px.enqueue_start("first").await;
     px.enqueue_start("second").await;
     for expected in ["first", "second"] {
@@ -476,6 +477,10 @@ async fn a_fetch_after_an_empty_one_sends_nothing_until_work_is_announced() {
         assert_eq!(item.instance, expected);
         assert_eq!(rt, 1, "one look for {expected}");
     }
+    // The claim of "second" left nothing: the next fetch waits.
+    let (res, rt) = px.measure(fetch(Duration::from_millis(300))).await;
+    assert!(res.unwrap().is_none());
+    assert_eq!(rt, 0, "a fetch after a claim that left nothing");
     px.cleanup().await;
 }
 
@@ -526,10 +531,9 @@ async fn a_released_completion_leaves_no_wake_up_behind() {
         .unwrap()
         .expect("the released turn");
     assert_eq!(item.messages.len(), 2, "both completions in one turn");
-    // After a claim the next fetch looks once and finds nothing (the
-    // instance's turn is running).
-    assert!(fetch(Duration::from_millis(50)).await.unwrap().is_none());
-    // This wait spans the end of the held completion's window.
+    // The claim left nothing claimable (the instance's turn is running):
+    // this wait, spanning the end of the held completion's window, sends
+    // nothing.
     let (res, rt) = px.measure(fetch(window + window / 2)).await;
     assert!(res.unwrap().is_none());
     assert!(

@@ -139,7 +139,9 @@ impl PostgresProvider {
                         generation,
                         started,
                         match &outcome {
-                            Ok(Fetched::Claimed(_)) => quiet::Outcome::Claimed,
+                            Ok(Fetched::Claimed { rest, .. }) => quiet::Outcome::Claimed {
+                                rest: rest.map(|r| r.retry_ms.map(Duration::from_millis)),
+                            },
                             Ok(Fetched::Idle { retry_ms }) => quiet::Outcome::Idle {
                                 retry: retry_ms.map(Duration::from_millis),
                             },
@@ -157,7 +159,7 @@ impl PostgresProvider {
                 None => attempt().await,
             };
             let retry_ms = match outcome {
-                Ok(Fetched::Claimed(item)) => return Ok(Some(item)),
+                Ok(Fetched::Claimed { item, .. }) => return Ok(Some(item)),
                 Ok(Fetched::Idle { retry_ms }) => {
                     failure_backoff.reset();
                     retry_ms

@@ -68,9 +68,12 @@ pub(crate) async fn fetch_once(
     // A claimed turn that does not decode fails the call: the claim is then
     // released (see `unclaimed`), never mistaken for an idle answer.
     let fetched = match codec::from_json::<Fetched<ClaimedOrchestration>>(doc, "fetch result")? {
-        Fetched::Claimed(mut c) => {
+        Fetched::Claimed { item: mut c, rest } => {
             let history = turn_history(p, &mut conn, &mut c).await?;
-            Fetched::Claimed(into_item(c, history))
+            Fetched::Claimed {
+                item: into_item(c, history),
+                rest,
+            }
         }
         Fetched::Idle { retry_ms } => Fetched::Idle { retry_ms },
     };

@@ -9,11 +9,16 @@
 //! that time passes. This module remembers that verdict and lets the
 //! long poll wait instead of asking again.
 //!
+//! A fetch that claims a turn says the same of what it left behind
+//! (migration `000015_claim_outlook`): when no other turn was claimable,
+//! the dispatcher's next fetch, after running the turn it claimed, waits
+//! too instead of asking once more and finding nothing.
+//!
 //! Looks that follow a notification after such a verdict are serialised:
 //! one fetch probes, and the others wait for its verdict instead of racing
 //! it for the same instance (the loser of that race finds the instance
-//! busy and asks again). Once a fetch claims work, fetches run
-//! concurrently again until one finds nothing.
+//! busy and asks again). Once a fetch claims work and says more may be
+//! ready, fetches run concurrently again until one finds nothing.
 //!
 //! The verdict is only trusted while the listener is connected (the long
 //! poll checks), and for no longer than the longer of the listener's
@@ -66,8 +71,10 @@ pub(crate) enum Plan<'a> {
 
 /// How a look ended, as the verdict needs it.
 pub(crate) enum Outcome {
-    /// A turn was claimed.
-    Claimed,
+    /// A turn was claimed. `rest`: what the claiming call saw of the
+    /// queue after its claim, as `Idle`'s `retry` (zero: another turn may
+    /// be claimable now); None when it did not say, so more may be ready.
+    Claimed { rest: Option<Option<Duration>> },
     /// Nothing claimable; something may be after `retry` (none: nothing
     /// scheduled). Zero means a candidate was busy.
     Idle { retry: Option<Duration> },
@@ -117,9 +124,14 @@ impl Quiet {
     ) {
         let mut verdict = self.verdict.lock().unwrap_or_else(|e| e.into_inner());
         *verdict = match outcome {
-            Outcome::Claimed => Verdict::Found,
+            Outcome::Claimed { rest: None } => Verdict::Found,
+            Outcome::Claimed {
+                rest: Some(Some(retry)),
+            } if retry.is_zero() => Verdict::Found,
             Outcome::Idle { retry: Some(retry) } if retry.is_zero() => Verdict::Unknown,
-            Outcome::Idle { retry } => {
+            // A claim that left nothing claimable is as good a verdict as
+            // a fetch that found nothing: the caller's next fetch waits.
+            Outcome::Claimed { rest: Some(retry) } | Outcome::Idle { retry } => {
                 // A verdict from a later wake-up is not replaced by an
                 // older one that finished after it.
                 if let Verdict::Nothing { generation: g, .. } = *verdict
@@ -214,7 +226,13 @@ mod tests {
     #[tokio::test]
     async fn a_claim_lets_fetches_look_together_and_an_older_verdict_loses() {
         let q = Quiet::default();
-        q.record(ANY, 7, Instant::now(), Outcome::Claimed, LIMIT);
+        q.record(
+            ANY,
+            7,
+            Instant::now(),
+            Outcome::Claimed { rest: None },
+            LIMIT,
+        );
         assert!(matches!(q.plan(&ANY, 7).await, Plan::Look(None)));
 
         q.record(ANY, 9, Instant::now(), Outcome::Idle { retry: None }, LIMIT);
@@ -227,6 +245,37 @@ mod tests {
         assert!(
             probes(q.plan(&ANY, 9).await),
             "a failure forgets the verdict"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_claim_that_left_nothing_is_a_verdict_and_one_that_left_work_is_not() {
+        let q = Quiet::default();
+        let claimed = |rest| Outcome::Claimed { rest: Some(rest) };
+        q.record(ANY, 3, Instant::now(), claimed(None), LIMIT);
+        assert!(
+            waits(q.plan(&ANY, 3).await),
+            "nothing left, nothing announced since: wait"
+        );
+        assert!(probes(q.plan(&ANY, 4).await), "a later wake-up: look");
+
+        q.record(ANY, 4, Instant::now(), claimed(Some(Duration::ZERO)), LIMIT);
+        assert!(
+            matches!(q.plan(&ANY, 4).await, Plan::Look(None)),
+            "another turn claimable now: look, alongside other fetches"
+        );
+
+        let past = Instant::now() - Duration::from_millis(20);
+        q.record(
+            ANY,
+            4,
+            past,
+            claimed(Some(Duration::from_millis(10))),
+            LIMIT,
+        );
+        assert!(
+            !waits(q.plan(&ANY, 4).await),
+            "what the claim saw scheduled is due: look"
         );
     }
 

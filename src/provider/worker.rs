@@ -71,13 +71,16 @@ pub(crate) async fn fetch_once(
     conn.finish().await?;
     match codec::from_json::<Fetched<ClaimedWork>>(doc, "fetch result")? {
         Fetched::Idle { retry_ms } => Ok(Fetched::Idle { retry_ms }),
-        Fetched::Claimed(c) => match decode_activity(&c.item) {
+        Fetched::Claimed { item: c, rest } => match decode_activity(&c.item) {
             Ok(item) => {
                 // duroxide's worker reads the instance's history next.
                 if let Some(stamp) = &c.history {
                     p.history_cache.confirm(stamp, sent);
                 }
-                Ok(Fetched::Claimed((item, c.lock_token, c.attempt_count)))
+                Ok(Fetched::Claimed {
+                    item: (item, c.lock_token, c.attempt_count),
+                    rest,
+                })
             }
             Err(error) => stand_in(p, c, error).await,
         },
@@ -178,7 +181,10 @@ async fn stand_in(p: &PostgresProvider, c: ClaimedWork, error: String) -> Result
         session_id,
         tag,
     };
-    Ok(Fetched::Claimed((item, c.lock_token, c.attempt_count)))
+    Ok(Fetched::Claimed {
+        item: (item, c.lock_token, c.attempt_count),
+        rest: None,
+    })
 }
 
 /// One round trip: delete the activity and enqueue its completion.

@@ -116,13 +116,29 @@ pub(crate) struct WorkerClaim<'a> {
 #[serde(tag = "result", rename_all = "snake_case")]
 pub(crate) enum Fetched<T> {
     /// A lock was taken under the caller's token.
-    Claimed(T),
+    Claimed {
+        #[serde(flatten)]
+        item: T,
+        /// What the call saw of the rest of its queue after the claim;
+        /// None when it does not say (then more may be ready).
+        #[serde(default)]
+        rest: Option<Rest>,
+    },
     /// Nothing claimable.
     Idle {
         /// Milliseconds until something may become claimable; None if
         /// nothing is scheduled.
         retry_ms: Option<u64>,
     },
+}
+
+/// The rest of the queue after a claim (migration `000015_claim_outlook`),
+/// as an idle fetch would have answered.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+pub(crate) struct Rest {
+    /// 0 when another turn may be claimable now; otherwise milliseconds
+    /// until one may become claimable, None if nothing is scheduled.
+    pub retry_ms: Option<u64>,
 }
 
 /// A locked orchestration turn from `dx_fetch_orchestration`.
@@ -250,10 +266,25 @@ mod tests {
         .unwrap();
         assert!(matches!(
             claimed,
-            Fetched::Claimed(ClaimedWork {
-                attempt_count: 1,
+            Fetched::Claimed {
+                item: ClaimedWork {
+                    attempt_count: 1,
+                    ..
+                },
+                rest: None,
+            }
+        ));
+        let last: Fetched<ClaimedWork> = serde_json::from_value(json!({
+            "result": "claimed", "lock_token": "t", "attempt_count": 1, "item": {"x": 1},
+            "rest": {"retry_ms": null}
+        }))
+        .unwrap();
+        assert!(matches!(
+            last,
+            Fetched::Claimed {
+                rest: Some(Rest { retry_ms: None }),
                 ..
-            })
+            }
         ));
         let refused: AdminOutcome<DeleteCounts> =
             serde_json::from_value(json!({"result": "refused", "error": "no"})).unwrap();
