@@ -473,3 +473,74 @@ async fn migrations_applied_like_the_diesel_cli_pass_verification() {
     drop(provider);
     common::drop_schema(&url, &schema).await;
 }
+
+/// The large tables get the migrations' autovacuum settings, and an option
+/// an operator set on one of them before migration `000016` is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_tables_get_autovacuum_settings_and_keep_an_operators_own() {
+    let url = common::pg::database_url();
+    let schema = unique_schema("dx_vacuum");
+    exec(&url, &format!("CREATE SCHEMA \"{schema}\"")).await;
+    let cli_url = with_params(&url, &format!("options=-csearch_path%3D{schema}"));
+    let dir = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"));
+    let _ = cli_style_run(&cli_url, dir.clone()).await;
+
+    // Back to before migration 000016, where an operator tunes history.
+    let revert_url = cli_url.clone();
+    let reverted = tokio::task::spawn_blocking(move || {
+        let mut conn = sync_connection(&revert_url);
+        let source = FileBasedMigrations::from_path(&dir).unwrap();
+        conn.revert_last_migration(source).unwrap().to_string()
+    })
+    .await
+    .unwrap();
+    assert_eq!(reverted, "20261204000016");
+    exec(
+        &url,
+        &format!("ALTER TABLE \"{schema}\".history SET (autovacuum_vacuum_scale_factor = 0.05)"),
+    )
+    .await;
+    let dir = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"));
+    let (_, pending) = cli_style_run(&cli_url, dir).await;
+    assert!(!pending);
+
+    let options = |table: &'static str| {
+        let url = url.clone();
+        let schema = schema.clone();
+        async move {
+            names(
+                &url,
+                &format!(
+                    "SELECT unnest(reloptions) AS name FROM pg_class \
+                     WHERE oid = to_regclass('\"{schema}\".{table}')"
+                ),
+            )
+            .await
+        }
+    };
+    let instances = options("instances").await;
+    for expected in [
+        "autovacuum_vacuum_scale_factor=0.02",
+        "autovacuum_vacuum_threshold=1000",
+        "autovacuum_analyze_scale_factor=0.02",
+        "fillfactor=85",
+    ] {
+        assert!(instances.contains(expected), "instances: {instances:?}");
+    }
+    let executions = options("executions").await;
+    assert!(
+        executions.contains("autovacuum_vacuum_scale_factor=0.02")
+            && executions.contains("fillfactor=90"),
+        "executions keeps the fill factor of migration 000008: {executions:?}"
+    );
+    let history = options("history").await;
+    assert!(
+        history.contains("autovacuum_vacuum_scale_factor=0.05"),
+        "the operator's value is kept: {history:?}"
+    );
+    assert!(
+        history.contains("autovacuum_vacuum_threshold=1000"),
+        "options the operator did not set are added: {history:?}"
+    );
+    common::drop_schema(&url, &schema).await;
+}
