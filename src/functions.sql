@@ -924,7 +924,7 @@ BEGIN
           AND NOT EXISTS (SELECT 1 FROM instance_locks l
                           WHERE l.instance_id = q.instance_id
                             AND l.locked_until > pg_catalog.now())) THEN
-        RETURN 0;
+        RETURN 0::BIGINT;
     END IF;
     RETURN dx_ms_until(least(
         (SELECT pg_catalog.min(visible_at) FROM orchestrator_queue
