@@ -22,7 +22,7 @@ use duroxide_diesel::{Error, MigrationMode, PostgresProvider};
 
 /// Versions of the crate's migrations, read from the `migrations/` folder.
 fn crate_versions() -> BTreeSet<String> {
-    std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+    std::fs::read_dir(crate_migrations())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .map(|name| name.split('_').next().unwrap().replace('-', ""))
@@ -113,6 +113,33 @@ async fn cli_style_run(url: &str, dir: std::path::PathBuf) -> (BTreeSet<String>,
     })
     .await
     .unwrap()
+}
+
+/// This crate's migrations directory.
+fn crate_migrations() -> std::path::PathBuf {
+    std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+}
+
+/// Reverts the last migration of `dir` applied on `url`, the way the diesel
+/// CLI does (`diesel migration revert`), and returns its version.
+async fn revert_last(url: &str, dir: std::path::PathBuf) -> String {
+    let url = url.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut conn = sync_connection(&url);
+        let source = FileBasedMigrations::from_path(&dir).unwrap();
+        conn.revert_last_migration(source).unwrap().to_string()
+    })
+    .await
+    .unwrap()
+}
+
+/// The storage options set on `schema`'s `table`, as `name=value`.
+async fn reloptions(url: &str, schema: &str, table: &str) -> BTreeSet<String> {
+    let sql = format!(
+        "SELECT unnest(reloptions) AS name FROM pg_class \
+         WHERE oid = to_regclass('\"{schema}\".{table}')"
+    );
+    names(url, &sql).await
 }
 
 #[tokio::test]
@@ -400,16 +427,8 @@ async fn an_applications_own_diesel_migrations_are_untouched() {
     assert_eq!(ours, crate_versions());
 
     // The app reverts its last migration: its own, not the provider's.
-    let revert_url = app_url.clone();
-    let reverted = tokio::task::spawn_blocking(move || {
-        let mut conn = sync_connection(&revert_url);
-        let source = FileBasedMigrations::from_path(&dir).unwrap();
-        let reverted = conn.revert_last_migration(source).unwrap().to_string();
-        std::fs::remove_dir_all(&dir).unwrap();
-        reverted
-    })
-    .await
-    .unwrap();
+    let reverted = revert_last(&app_url, dir.clone()).await;
+    std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(reverted, "20250102000001");
     assert_eq!(
         names(&app_url, public_tables).await,
@@ -440,8 +459,7 @@ async fn migrations_applied_like_the_diesel_cli_pass_verification() {
     let schema = unique_schema("dx_cli");
     exec(&url, &format!("CREATE SCHEMA \"{schema}\"")).await;
     let cli_url = with_params(&url, &format!("options=-csearch_path%3D{schema}"));
-    let dir = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"));
-    let (applied, pending) = cli_style_run(&cli_url, dir).await;
+    let (applied, pending) = cli_style_run(&cli_url, crate_migrations()).await;
     assert_eq!(applied, crate_versions());
     assert!(!pending);
     assert!(
@@ -482,43 +500,22 @@ async fn large_tables_get_autovacuum_settings_and_keep_an_operators_own() {
     let schema = unique_schema("dx_vacuum");
     exec(&url, &format!("CREATE SCHEMA \"{schema}\"")).await;
     let cli_url = with_params(&url, &format!("options=-csearch_path%3D{schema}"));
-    let dir = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"));
-    let _ = cli_style_run(&cli_url, dir.clone()).await;
+    let _ = cli_style_run(&cli_url, crate_migrations()).await;
 
     // Back to before migration 000016, where an operator tunes history.
-    let revert_url = cli_url.clone();
-    let reverted = tokio::task::spawn_blocking(move || {
-        let mut conn = sync_connection(&revert_url);
-        let source = FileBasedMigrations::from_path(&dir).unwrap();
-        conn.revert_last_migration(source).unwrap().to_string()
-    })
-    .await
-    .unwrap();
-    assert_eq!(reverted, "20261204000016");
+    assert_eq!(
+        revert_last(&cli_url, crate_migrations()).await,
+        "20261204000016"
+    );
     exec(
         &url,
         &format!("ALTER TABLE \"{schema}\".history SET (autovacuum_vacuum_scale_factor = 0.05)"),
     )
     .await;
-    let dir = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"));
-    let (_, pending) = cli_style_run(&cli_url, dir).await;
+    let (_, pending) = cli_style_run(&cli_url, crate_migrations()).await;
     assert!(!pending);
 
-    let options = |table: &'static str| {
-        let url = url.clone();
-        let schema = schema.clone();
-        async move {
-            names(
-                &url,
-                &format!(
-                    "SELECT unnest(reloptions) AS name FROM pg_class \
-                     WHERE oid = to_regclass('\"{schema}\".{table}')"
-                ),
-            )
-            .await
-        }
-    };
-    let instances = options("instances").await;
+    let instances = reloptions(&url, &schema, "instances").await;
     for expected in [
         "autovacuum_vacuum_scale_factor=0.02",
         "autovacuum_vacuum_threshold=1000",
@@ -527,13 +524,13 @@ async fn large_tables_get_autovacuum_settings_and_keep_an_operators_own() {
     ] {
         assert!(instances.contains(expected), "instances: {instances:?}");
     }
-    let executions = options("executions").await;
+    let executions = reloptions(&url, &schema, "executions").await;
     assert!(
         executions.contains("autovacuum_vacuum_scale_factor=0.02")
             && executions.contains("fillfactor=90"),
         "executions keeps the fill factor of migration 000008: {executions:?}"
     );
-    let history = options("history").await;
+    let history = reloptions(&url, &schema, "history").await;
     assert!(
         history.contains("autovacuum_vacuum_scale_factor=0.05"),
         "the operator's value is kept: {history:?}"
