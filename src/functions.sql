@@ -454,16 +454,22 @@ BEGIN
               AND (v_before IS NULL OR e.completed_at < v_before)
             ORDER BY i.created_at;
     ELSE
+        -- The listed instances are found by primary key first, then
+        -- sorted: a cursor's plan favours its first rows, and with the
+        -- ORDER BY in the same query it walked instances_created_idx
+        -- over every instance to find the listed few.
         OPEN v_roots FOR
-            SELECT i.instance_id
-            FROM instances i
-            JOIN executions e ON e.instance_id = i.instance_id
-                             AND e.execution_id = i.current_execution_id
-            WHERE i.instance_id = ANY (p_ids)
-              AND i.parent_instance_id IS NULL
-              AND e.status IN ('Completed', 'Failed')
-              AND (v_before IS NULL OR e.completed_at < v_before)
-            ORDER BY i.created_at;
+            WITH listed AS MATERIALIZED (
+                SELECT i.instance_id, i.created_at
+                FROM instances i
+                JOIN executions e ON e.instance_id = i.instance_id
+                                 AND e.execution_id = i.current_execution_id
+                WHERE i.instance_id = ANY (p_ids)
+                  AND i.parent_instance_id IS NULL
+                  AND e.status IN ('Completed', 'Failed')
+                  AND (v_before IS NULL OR e.completed_at < v_before)
+            )
+            SELECT l.instance_id FROM listed l ORDER BY l.created_at;
     END IF;
 
     WHILE v_done < p_max_roots LOOP
@@ -983,14 +989,19 @@ BEGIN
             ORDER BY i.created_at
             LIMIT p_max_instances;
     ELSE
+        -- By primary key first, then sorted (see dx_delete_instances_bulk).
         OPEN v_instances FOR
-            SELECT i.instance_id, i.current_execution_id
-            FROM instances i
-            LEFT JOIN executions e ON e.instance_id = i.instance_id
-                                  AND e.execution_id = i.current_execution_id
-            WHERE i.instance_id = ANY (p_ids)
-              AND (v_before IS NULL OR e.completed_at < v_before)
-            ORDER BY i.created_at
+            WITH listed AS MATERIALIZED (
+                SELECT i.instance_id, i.current_execution_id, i.created_at
+                FROM instances i
+                LEFT JOIN executions e ON e.instance_id = i.instance_id
+                                      AND e.execution_id = i.current_execution_id
+                WHERE i.instance_id = ANY (p_ids)
+                  AND (v_before IS NULL OR e.completed_at < v_before)
+            )
+            SELECT l.instance_id, l.current_execution_id
+            FROM listed l
+            ORDER BY l.created_at
             LIMIT p_max_instances;
     END IF;
 

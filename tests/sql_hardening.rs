@@ -593,3 +593,96 @@ async fn only_claims_commit_asynchronously_and_the_session_keeps_its_setting() {
     drop(p);
     db.cleanup().await;
 }
+
+/// Retention by a list of ids finds the listed instances by primary key
+/// (migration 000017): among 5,000 instances, neither bulk call reads
+/// `instances_created_idx` to find the few it was given, with the first
+/// (custom) plans or generic ones. A cursor's plan favours its first rows,
+/// and with the creation-order sort in the same query it walked that index
+/// across the table.
+#[tokio::test]
+async fn retention_by_ids_looks_the_listed_instances_up_by_primary_key() {
+    use diesel::QueryableByName;
+    use diesel_async::RunQueryDsl;
+    #[derive(QueryableByName)]
+    struct Text {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        v: String,
+    }
+    async fn text(conn: &mut AsyncPgConnection, sql: &str) -> String {
+        let rows: Vec<Text> = diesel::sql_query(format!("SELECT ({sql})::text AS v"))
+            .load(conn)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        rows.into_iter().next().expect("one row").v
+    }
+    const CREATED_IDX_READ: &str =
+        "pg_stat_get_xact_tuples_returned('instances_created_idx'::regclass)";
+
+    let db = TestDb::new().await;
+    let p = db.provider().await;
+    common::exec(
+        &db.url,
+        &format!(
+            "SET search_path TO \"{}\";
+             INSERT INTO instances (instance_id, orchestration_name, orchestration_version,
+                                    current_execution_id, created_at, updated_at)
+             SELECT 'r-' || lpad(n::text, 5, '0'), 'Orders', '1.0.0', 1,
+                    now() - interval '1 hour' + n * interval '1 second', now()
+             FROM generate_series(1, 5000) n;
+             INSERT INTO executions (instance_id, execution_id, status, pinned_major,
+                                     pinned_minor, pinned_patch, started_at, completed_at)
+             SELECT instance_id, 1, 'Completed', 0, 1, 32, created_at,
+                    created_at + interval '1 second'
+             FROM instances;
+             ANALYZE instances, executions;",
+            db.schema
+        ),
+    )
+    .await;
+
+    let mut conn = AsyncPgConnection::establish(&db.url).await.unwrap();
+    conn.batch_execute(&format!("SET search_path TO \"{}\"", db.schema))
+        .await
+        .unwrap();
+    for plans in ["auto", "force_generic_plan"] {
+        // Several times each, so the custom pass also covers the executions
+        // after which PL/pgSQL may switch to a generic plan on its own.
+        for round in 0..5 {
+            conn.batch_execute(&format!("BEGIN; SET LOCAL plan_cache_mode = {plans}"))
+                .await
+                .unwrap();
+            let deleted = text(
+                &mut conn,
+                &format!(
+                    "dx_delete_instances_bulk(ARRAY['r-0{round}551', 'r-0{round}552', \
+                     'r-0{round}559'], NULL, 100) ->> 'instances_deleted'"
+                ),
+            )
+            .await;
+            assert_eq!(deleted, "3", "{plans}, round {round}");
+            let read = text(&mut conn, CREATED_IDX_READ).await;
+            assert_eq!(
+                read, "0",
+                "delete by ids read instances_created_idx ({plans})"
+            );
+            let pruned = text(
+                &mut conn,
+                &format!(
+                    "dx_prune_executions_bulk(ARRAY['r-0{round}651', 'r-0{round}652'], NULL, 100, \
+                     1, NULL) ->> 'instances_processed'"
+                ),
+            )
+            .await;
+            assert_eq!(pruned, "2", "{plans}, round {round}");
+            let read = text(&mut conn, CREATED_IDX_READ).await;
+            assert_eq!(
+                read, "0",
+                "prune by ids read instances_created_idx ({plans})"
+            );
+            conn.batch_execute("ROLLBACK").await.unwrap();
+        }
+    }
+    drop(p);
+    db.cleanup().await;
+}
