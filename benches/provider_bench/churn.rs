@@ -8,8 +8,9 @@
 //! that only grow. The target: the rate at the end within 10% of fresh.
 //!
 //! Rates on a shared machine drift by more than that from one minute to
-//! the next, so each point compares like with like: once the aged schema's
-//! autovacuum is idle, `DXBENCH_RUNS` windows on it alternate with as many
+//! the next, so each point compares like with like: once autovacuum has
+//! nothing left to do on the aged schema (no worker busy with it, no table
+//! over its vacuum threshold), `DXBENCH_RUNS` windows on it alternate with as many
 //! on a fresh schema made for that point, and the point's ratio is the
 //! median of the one over the median of the other. At 0 completed both
 //! schemas are fresh, so that row shows the measurement's own noise. A third
@@ -23,7 +24,9 @@
 //! the server's `autovacuum_naptime` to it (`ALTER SYSTEM`, reloaded) for
 //! its run and resets it after. The header names the value in force.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use duroxide::Client;
@@ -32,7 +35,7 @@ use duroxide::providers::{InstanceFilter, ProviderAdmin};
 use crate::backlog::{options, steady_rate, wait_count};
 use crate::config::{Config, progress};
 use crate::report::{fmt_num, list, median, table};
-use crate::setup::{build_pg, new_schema, start_runtime, tapped_runtime};
+use crate::setup::{build_pg, latest_schema, new_schema, start_runtime, tapped_runtime};
 use crate::tap::Tap;
 use crate::{Res, WAIT};
 
@@ -42,6 +45,9 @@ const BATCH: usize = 1_000;
 const AHEAD: usize = 4;
 /// The longest wait for the aged schema's autovacuum before a point.
 const SETTLE: Duration = Duration::from_secs(120);
+/// The same in a quick run, whose tiny tables the server's default
+/// naptime may leave over their thresholds for a minute.
+const SETTLE_QUICK: Duration = Duration::from_secs(5);
 
 /// One point of an aging schema's curve: its rate windows and those of a
 /// fresh schema taken alternately with them, and the aging schema's size.
@@ -53,6 +59,11 @@ struct Point {
     /// process's.
     renewed: Vec<f64>,
     fresh: Vec<f64>,
+    /// Autovacuum runs (vacuums and analyzes) that finished during each
+    /// aged window on the aged schema, and during each fresh window on
+    /// the fresh one.
+    aged_vacuums: Vec<u64>,
+    fresh_vacuums: Vec<u64>,
     bytes: u64,
     /// Dead tuples in the aging schema's tables when the point started.
     dead: u64,
@@ -62,6 +73,19 @@ impl Point {
     /// The aging schema's median rate over the fresh schema's.
     fn ratio(&self) -> f64 {
         median(&self.aged) / median(&self.fresh)
+    }
+
+    /// The median over window pairs (each aged window and the fresh one
+    /// next to it) of the one over the other: less sensitive to the
+    /// machine's drift between pairs than [`ratio`](Self::ratio).
+    fn paired(&self) -> f64 {
+        let ratios: Vec<f64> = self
+            .aged
+            .iter()
+            .zip(&self.fresh)
+            .map(|(a, f)| a / f)
+            .collect();
+        median(&ratios)
     }
 }
 
@@ -120,17 +144,82 @@ async fn naptime_setting(url: &str) -> Option<String> {
         .flatten()
 }
 
-/// Waits (at most `within`) until no autovacuum worker is busy with one of
-/// `schema`'s tables, so a window does not start inside the vacuum that
-/// the churn burst before it triggered. Returns the time waited.
+/// Tables of the schema that autovacuum has yet to process: over one of
+/// its three triggers (dead tuples, inserts since the last vacuum, changes
+/// since the last analyze), each `threshold + scale_factor * reltuples`
+/// with the table's own options or else the server's settings.
+const PENDING_VACUUMS: &str = "SELECT count(*) FROM (SELECT s.relid FROM pg_stat_user_tables s \
+     JOIN pg_class c ON c.oid = s.relid \
+     CROSS JOIN LATERAL (SELECT greatest(c.reltuples, 0) AS tuples) r \
+     CROSS JOIN LATERAL (SELECT \
+       coalesce((SELECT o.option_value::float8 FROM pg_catalog.pg_options_to_table(c.reloptions) o \
+                 WHERE o.option_name = t.name), current_setting(t.name)::float8) AS v, t.name \
+       FROM unnest(ARRAY['autovacuum_vacuum_threshold', 'autovacuum_vacuum_scale_factor', \
+                         'autovacuum_vacuum_insert_threshold', \
+                         'autovacuum_vacuum_insert_scale_factor', \
+                         'autovacuum_analyze_threshold', 'autovacuum_analyze_scale_factor']) \
+            AS t(name)) o \
+     WHERE s.schemaname = {schema} \
+     GROUP BY s.relid, s.n_dead_tup, s.n_ins_since_vacuum, s.n_mod_since_analyze, r.tuples \
+     HAVING s.n_dead_tup > max(o.v) FILTER (WHERE o.name = 'autovacuum_vacuum_threshold') \
+              + max(o.v) FILTER (WHERE o.name = 'autovacuum_vacuum_scale_factor') * r.tuples \
+         OR s.n_ins_since_vacuum > max(o.v) FILTER (WHERE o.name = 'autovacuum_vacuum_insert_threshold') \
+              + max(o.v) FILTER (WHERE o.name = 'autovacuum_vacuum_insert_scale_factor') * r.tuples \
+         OR s.n_mod_since_analyze > max(o.v) FILTER (WHERE o.name = 'autovacuum_analyze_threshold') \
+              + max(o.v) FILTER (WHERE o.name = 'autovacuum_analyze_scale_factor') * r.tuples) p";
+
+/// Autovacuum workers busy with one of the schema's tables.
+const BUSY_WORKERS: &str = "SELECT count(*) FROM pg_stat_activity \
+     WHERE backend_type = 'autovacuum worker' AND query LIKE '%' || {schema} || '.%'";
+
+/// Vacuums and analyzes autovacuum has finished on the schema's tables.
+const AUTOVACUUM_RUNS: &str = "SELECT coalesce(sum(autovacuum_count + autoanalyze_count), 0)::text \
+     FROM pg_stat_user_tables WHERE schemaname = {schema}";
+
+/// The tables autovacuum works on in `schema` until `stop` is set, sampled
+/// every 500 ms: `VACUUM history 3.5 s, ...`, seconds seen busy per
+/// operation and table (empty: none seen).
+async fn autovacuum_busy(url: String, schema: String, stop: Arc<AtomicBool>) -> String {
+    const EVERY: Duration = Duration::from_millis(500);
+    let sql = "SELECT string_agg(query, '|') FROM pg_stat_activity \
+               WHERE backend_type = 'autovacuum worker' AND query LIKE '%' || {schema} || '.%'";
+    let mut busy: BTreeMap<String, u32> = BTreeMap::new();
+    while !stop.load(Ordering::Relaxed) {
+        if let Some(seen) = schema_text(&url, &schema, sql).await {
+            for q in seen.split('|') {
+                let what = q
+                    .trim_start_matches("autovacuum: ")
+                    .replace(&format!("{schema}."), "");
+                *busy.entry(what).or_default() += 1;
+            }
+        }
+        tokio::time::sleep(EVERY).await;
+    }
+    busy.iter()
+        .map(|(what, n)| format!("{what} {:.1} s", f64::from(*n) * EVERY.as_secs_f64()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Waits (at most `within`) until autovacuum has nothing left to do on
+/// `schema`: no worker busy with one of its tables and no table over its
+/// vacuum threshold, so a window does not start inside (or just before)
+/// the vacuums that the churn burst before it made due. Returns the time
+/// waited.
 async fn settle(url: &str, schema: &str, within: Duration) -> Duration {
     let t = Instant::now();
-    let sql = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' \
-               AND query LIKE '%' || {schema} || '.%'";
-    while t.elapsed() < within && schema_number(url, schema, sql).await > 0 {
+    while t.elapsed() < within
+        && (schema_number(url, schema, BUSY_WORKERS).await > 0
+            || schema_number(url, schema, PENDING_VACUUMS).await > 0)
+    {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     t.elapsed()
+}
+
+/// The longest wait in [`settle`] for this run.
+fn settle_limit(cfg: &Config) -> Duration {
+    if cfg.quick { SETTLE_QUICK } else { SETTLE }
 }
 
 /// Completes orchestrations `from..to` on `tap`'s runtime, at most
@@ -207,7 +296,7 @@ async fn curve(url: &str, cfg: &Config, total: usize, prune: bool) -> Res<Curve>
                 ));
                 done = point;
             }
-            let waited = settle(url, &schema, SETTLE).await;
+            let waited = settle(url, &schema, settle_limit(cfg)).await;
             let dead = dead_tuples(url, &schema).await;
             progress(format!(
                 "(j) {label}: steady rate after {point} (autovacuum settled in {:.0} s, \
@@ -219,8 +308,11 @@ async fn curve(url: &str, cfg: &Config, total: usize, prune: bool) -> Res<Curve>
             // with the aging schema's (and each going first in turn), so
             // the machine's drift lands on both alike.
             let (fresh_tap, fresh_rt) = tapped_runtime(url, "churnf", None, options()).await?;
+            let fresh_schema = latest_schema().ok_or("the fresh schema has no name")?;
             let measured = async {
                 let (mut aged, mut renewed, mut fresh) = (Vec::new(), Vec::new(), Vec::new());
+                let (mut aged_vacuums, mut fresh_vacuums) = (Vec::new(), Vec::new());
+                let mut busy = Vec::new();
                 for w in 0..cfg.runs {
                     let order = if w % 2 == 0 {
                         [false, true]
@@ -228,12 +320,32 @@ async fn curve(url: &str, cfg: &Config, total: usize, prune: bool) -> Res<Curve>
                         [true, false]
                     };
                     for on_aged in order {
+                        let on = if on_aged { &schema } else { &fresh_schema };
+                        let vacuums = schema_number(url, on, AUTOVACUUM_RUNS).await;
+                        let stop = Arc::new(AtomicBool::new(false));
+                        let sampler =
+                            tokio::spawn(autovacuum_busy(url.to_owned(), on.clone(), stop.clone()));
                         if on_aged {
                             let p = format!("s{point}-{w}-");
                             aged.push(steady_rate(&tap, cfg.stress_secs, &p).await?);
                         } else {
                             let p = format!("f{w}-");
                             fresh.push(steady_rate(&fresh_tap, cfg.stress_secs, &p).await?);
+                        }
+                        stop.store(true, Ordering::Relaxed);
+                        let seen = sampler.await.unwrap_or_default();
+                        busy.push(format!(
+                            "{} window {w}: {}",
+                            if on_aged { "aged" } else { "fresh" },
+                            if seen.is_empty() { "-" } else { &seen }
+                        ));
+                        let vacuums = schema_number(url, on, AUTOVACUUM_RUNS)
+                            .await
+                            .saturating_sub(vacuums);
+                        if on_aged {
+                            aged_vacuums.push(vacuums);
+                        } else {
+                            fresh_vacuums.push(vacuums);
                         }
                     }
                     // A new provider and runtime on the aged schema, the
@@ -249,13 +361,18 @@ async fn curve(url: &str, cfg: &Config, total: usize, prune: bool) -> Res<Curve>
                     rt = Some(start_runtime(&tap, options()).await);
                     renewed.push(rate?);
                 }
-                Ok::<_, String>((aged, renewed, fresh))
+                progress(format!(
+                    "(j) {label}: after {point}: autovacuum busy during the windows: {}",
+                    busy.join("; ")
+                ));
+                Ok::<_, String>((aged, renewed, fresh, aged_vacuums, fresh_vacuums))
             }
             .await;
             fresh_rt.shutdown(None).await;
-            let (aged, renewed, fresh) = measured?;
+            let (aged, renewed, fresh, aged_vacuums, fresh_vacuums) = measured?;
             progress(format!(
-                "(j) {label}: after {point}: aged {} new process on aged {} fresh {} orch/s",
+                "(j) {label}: after {point}: aged {} new process on aged {} fresh {} orch/s; \
+                 autovacuum runs during the windows: aged {aged_vacuums:?} fresh {fresh_vacuums:?}",
                 list(&aged),
                 list(&renewed),
                 list(&fresh)
@@ -265,6 +382,8 @@ async fn curve(url: &str, cfg: &Config, total: usize, prune: bool) -> Res<Curve>
                 aged,
                 renewed,
                 fresh,
+                aged_vacuums,
+                fresh_vacuums,
                 bytes: schema_bytes(url, &schema).await,
                 dead,
             });
@@ -364,13 +483,15 @@ async fn curves(url: &str, cfg: &Config) -> Res<ChurnSummary> {
          rate (as in (h), {} s windows) on one schema after N orchestrations completed on it, \
          keeping every completed instance or deleting them after each batch of {BATCH}; at each \
          point {} windows on the aged schema alternate with {} on a fresh one and {} of a new \
-         provider and runtime on the aged schema, once autovacuum of the aged schema is idle (at \
-         most {} s); medians; server autovacuum_naptime {naptime}",
+         provider and runtime on the aged schema, once autovacuum has nothing left to do on the aged \
+         schema (no worker on it, no table over its vacuum threshold; at most {} s); medians \
+         (\"aged vs fresh\": median over median, the target's measure; \"paired\": median of \
+         each aged window over the fresh one next to it); server autovacuum_naptime {naptime}",
         cfg.stress_secs,
         cfg.runs,
         cfg.runs,
         cfg.runs,
-        SETTLE.as_secs()
+        settle_limit(cfg).as_secs()
     );
     let mut rows = Vec::new();
     for (label, c) in [("kept", &kept), ("pruned", &pruned)] {
@@ -383,10 +504,16 @@ async fn curves(url: &str, cfg: &Config) -> Res<ChurnSummary> {
                 fmt_num(median(&p.renewed)),
                 fmt_num(median(&p.fresh)),
                 format!("{}x", fmt_num(p.ratio())),
+                format!("{}x", fmt_num(p.paired())),
                 format!("{}x", fmt_num(median(&p.renewed) / median(&p.fresh))),
                 list(&p.aged),
                 list(&p.renewed),
                 list(&p.fresh),
+                format!(
+                    "{} / {}",
+                    p.aged_vacuums.iter().sum::<u64>(),
+                    p.fresh_vacuums.iter().sum::<u64>()
+                ),
                 format!("{} MB", fmt_num(p.bytes as f64 / 1e6)),
                 p.dead.to_string(),
             ]);
@@ -400,10 +527,12 @@ async fn curves(url: &str, cfg: &Config) -> Res<ChurnSummary> {
             "new process on aged",
             "fresh orch/s",
             "aged vs fresh",
+            "paired windows, median ratio",
             "new process vs fresh",
             "aged windows",
             "new process windows",
             "fresh windows",
+            "autovacuum runs in aged / fresh windows",
             "aged schema size",
             "dead tuples at start",
         ],
