@@ -201,6 +201,63 @@ async fn autovacuum_busy(url: String, schema: String, stop: Arc<AtomicBool>) -> 
         .join(", ")
 }
 
+/// Counters read around each window: what it cost the server.
+#[derive(Clone, Copy, Default)]
+struct Costs {
+    /// Vacuums and analyzes autovacuum finished on the window's schema.
+    vacuums: u64,
+    /// WAL written, server-wide (one runtime works at a time).
+    wal_bytes: u64,
+    /// Full-page images in that WAL (`pg_stat_wal`, flushed by each
+    /// backend within about a second).
+    fpi: u64,
+    /// Buffers the window's schema's tables, indexes and TOAST were read
+    /// from (`pg_statio_user_tables`, hits and reads).
+    blocks: u64,
+    /// Orchestrations completed.
+    done: u64,
+}
+
+impl Costs {
+    async fn read(url: &str, schema: &str, done: usize) -> Costs {
+        let wal = "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint::text";
+        let fpi = "SELECT wal_fpi::text FROM pg_stat_wal";
+        let blocks = "SELECT coalesce(sum(heap_blks_hit + heap_blks_read \
+                      + coalesce(idx_blks_hit, 0) + coalesce(idx_blks_read, 0) \
+                      + coalesce(toast_blks_hit, 0) + coalesce(toast_blks_read, 0) \
+                      + coalesce(tidx_blks_hit, 0) + coalesce(tidx_blks_read, 0)), 0)::text \
+                      FROM pg_statio_user_tables WHERE schemaname = {schema}";
+        Costs {
+            vacuums: schema_number(url, schema, AUTOVACUUM_RUNS).await,
+            wal_bytes: schema_number(url, schema, wal).await,
+            fpi: schema_number(url, schema, fpi).await,
+            blocks: schema_number(url, schema, blocks).await,
+            done: done as u64,
+        }
+    }
+
+    fn since(self, before: Costs) -> Costs {
+        Costs {
+            vacuums: self.vacuums.saturating_sub(before.vacuums),
+            wal_bytes: self.wal_bytes.saturating_sub(before.wal_bytes),
+            fpi: self.fpi.saturating_sub(before.fpi),
+            blocks: self.blocks.saturating_sub(before.blocks),
+            done: self.done.saturating_sub(before.done),
+        }
+    }
+
+    /// `WAL bytes / full-page images / buffers` per orchestration.
+    fn per_orchestration(&self) -> String {
+        let n = self.done.max(1) as f64;
+        format!(
+            "{:.0} B/{:.2} fpi/{:.0} bufs",
+            self.wal_bytes as f64 / n,
+            self.fpi as f64 / n,
+            self.blocks as f64 / n
+        )
+    }
+}
+
 /// Waits (at most `within`) until autovacuum has nothing left to do on
 /// `schema`: no worker busy with one of its tables and no table over its
 /// vacuum threshold, so a window does not start inside (or just before)
@@ -321,7 +378,8 @@ async fn curve(url: &str, cfg: &Config, total: usize, prune: bool) -> Res<Curve>
                     };
                     for on_aged in order {
                         let on = if on_aged { &schema } else { &fresh_schema };
-                        let vacuums = schema_number(url, on, AUTOVACUUM_RUNS).await;
+                        let window_tap = if on_aged { &tap } else { &fresh_tap };
+                        let before = Costs::read(url, on, window_tap.done_count()).await;
                         let stop = Arc::new(AtomicBool::new(false));
                         let sampler =
                             tokio::spawn(autovacuum_busy(url.to_owned(), on.clone(), stop.clone()));
@@ -339,9 +397,15 @@ async fn curve(url: &str, cfg: &Config, total: usize, prune: bool) -> Res<Curve>
                             if on_aged { "aged" } else { "fresh" },
                             if seen.is_empty() { "-" } else { &seen }
                         ));
-                        let vacuums = schema_number(url, on, AUTOVACUUM_RUNS)
+                        let costs = Costs::read(url, on, window_tap.done_count())
                             .await
-                            .saturating_sub(vacuums);
+                            .since(before);
+                        let vacuums = costs.vacuums;
+                        busy.push(format!(
+                            "{} window {w} per orchestration: {}",
+                            if on_aged { "aged" } else { "fresh" },
+                            costs.per_orchestration()
+                        ));
                         if on_aged {
                             aged_vacuums.push(vacuums);
                         } else {
@@ -362,7 +426,7 @@ async fn curve(url: &str, cfg: &Config, total: usize, prune: bool) -> Res<Curve>
                     renewed.push(rate?);
                 }
                 progress(format!(
-                    "(j) {label}: after {point}: autovacuum busy during the windows: {}",
+                    "(j) {label}: after {point}: autovacuum busy, and cost per orchestration, in each window: {}",
                     busy.join("; ")
                 ));
                 Ok::<_, String>((aged, renewed, fresh, aged_vacuums, fresh_vacuums))
