@@ -9,7 +9,6 @@ CREATE OR REPLACE FUNCTION duroxide.dx_abandon_orchestration(p_token text, p_del
  RETURNS boolean
  LANGUAGE plpgsql
  SET search_path TO 'duroxide'
- SET enable_seqscan TO 'off'
 AS $function$
 DECLARE
     v_instance TEXT;
@@ -40,7 +39,6 @@ CREATE OR REPLACE FUNCTION duroxide.dx_abandon_work(p_token text, p_delay_ms big
  RETURNS boolean
  LANGUAGE plpgsql
  SET search_path TO 'duroxide'
- SET enable_seqscan TO 'off'
 AS $function$
 BEGIN
     UPDATE worker_queue
@@ -70,7 +68,6 @@ CREATE OR REPLACE FUNCTION duroxide.dx_ack_orchestration(p_token text, p_executi
  RETURNS jsonb
  LANGUAGE plpgsql
  SET search_path TO 'duroxide'
- SET enable_seqscan TO 'off'
 AS $function$
 DECLARE
     v_instance    TEXT;
@@ -271,7 +268,6 @@ CREATE OR REPLACE FUNCTION duroxide.dx_ack_work(p_token text, p_instance text, p
  RETURNS integer
  LANGUAGE plpgsql
  SET search_path TO 'duroxide'
- SET enable_seqscan TO 'off'
 AS $function$
 DECLARE
     v_session TEXT;
@@ -508,7 +504,6 @@ CREATE OR REPLACE FUNCTION duroxide.dx_enqueue_orchestrator(p_instance text, p_k
  RETURNS bigint
  LANGUAGE plpgsql
  SET search_path TO 'duroxide'
- SET enable_seqscan TO 'off'
 AS $function$
 DECLARE
     v_id BIGINT;
@@ -526,7 +521,6 @@ CREATE OR REPLACE FUNCTION duroxide.dx_enqueue_worker(p_item jsonb, p_instance t
  RETURNS bigint
  LANGUAGE plpgsql
  SET search_path TO 'duroxide'
- SET enable_seqscan TO 'off'
 AS $function$
 DECLARE
     v_id BIGINT;
@@ -554,7 +548,6 @@ CREATE OR REPLACE FUNCTION duroxide.dx_fetch_orchestration(p_token text, p_lock_
  SET enable_hashjoin TO 'off'
  SET enable_mergejoin TO 'off'
  SET enable_bitmapscan TO 'off'
- SET enable_seqscan TO 'off'
 AS $function$
 DECLARE
     v_instance TEXT;
@@ -763,7 +756,6 @@ CREATE OR REPLACE FUNCTION duroxide.dx_fetch_work(p_token text, p_lock_ms bigint
  RETURNS jsonb
  LANGUAGE plpgsql
  SET search_path TO 'duroxide'
- SET enable_seqscan TO 'off'
 AS $function$
 DECLARE
     v_id       BIGINT;
@@ -929,7 +921,6 @@ CREATE OR REPLACE FUNCTION duroxide.dx_orchestrator_outlook(p_claimed text)
  LANGUAGE plpgsql
  STABLE
  SET search_path TO 'duroxide'
- SET enable_seqscan TO 'off'
 AS $function$
 BEGIN
     IF p_claimed IS NOT NULL AND EXISTS (
@@ -1080,7 +1071,6 @@ CREATE OR REPLACE FUNCTION duroxide.dx_read_history(p_instance text, p_execution
  STABLE
  SET search_path TO 'duroxide'
  SET plan_cache_mode TO 'force_generic_plan'
- SET enable_seqscan TO 'off'
 AS $function$
 DECLARE
     v_exec   BIGINT;
@@ -1113,7 +1103,6 @@ CREATE OR REPLACE FUNCTION duroxide.dx_renew_orchestration_lock(p_token text, p_
  RETURNS boolean
  LANGUAGE sql
  SET search_path TO 'duroxide'
- SET enable_seqscan TO 'off'
 AS $function$
     WITH renewed AS (
         UPDATE instance_locks
@@ -1128,7 +1117,6 @@ CREATE OR REPLACE FUNCTION duroxide.dx_renew_sessions(p_owner_ids text[], p_exte
  RETURNS bigint
  LANGUAGE sql
  SET search_path TO 'duroxide'
- SET enable_seqscan TO 'off'
 AS $function$
     WITH renewed AS (
         UPDATE sessions
@@ -1145,7 +1133,6 @@ CREATE OR REPLACE FUNCTION duroxide.dx_renew_work_lock(p_token text, p_extend_ms
  RETURNS boolean
  LANGUAGE plpgsql
  SET search_path TO 'duroxide'
- SET enable_seqscan TO 'off'
 AS $function$
 DECLARE
     v_session TEXT;
