@@ -8,6 +8,10 @@
 //! the planted objects ran. Each one records its call and then does what the
 //! built-in would, so the provider keeps working and the failure lists every
 //! captured call; a few captures instead break parsing, which fails the call.
+//!
+//! The other tests here hold the procedures to properties of their SQL that
+//! no call's answer shows: a pinned search path, which transactions commit
+//! asynchronously, and which index a statement reads.
 
 mod common;
 

@@ -10,10 +10,14 @@
 //! Rates on a shared machine drift by more than that from one minute to
 //! the next, so each point compares like with like: once autovacuum has
 //! nothing left to do on the aged schema (no worker busy with it, no table
-//! over its vacuum threshold), `DXBENCH_RUNS` windows on it alternate with as many
-//! on a fresh schema made for that point, and the point's ratio is the
-//! median of the one over the median of the other. At 0 completed both
-//! schemas are fresh, so that row shows the measurement's own noise. A third
+//! over its vacuum, insert or analyze threshold), `DXBENCH_RUNS` windows on
+//! it alternate with as many on a fresh schema made for that point, and the
+//! point's ratio is the median of the one over the median of the other (the
+//! table also gives the median of each pair's ratio). At 0 completed both
+//! schemas are fresh, so that row shows the measurement's own noise. Each
+//! window's autovacuum runs, the tables autovacuum was seen working on, and
+//! its WAL bytes, full-page images and buffers read per orchestration are
+//! printed as it ends. A third
 //! series runs a new provider and runtime on the aged schema (the aged ones
 //! stopped meanwhile), telling what the schema's age costs from what the
 //! process's does.
@@ -178,7 +182,8 @@ const AUTOVACUUM_RUNS: &str = "SELECT coalesce(sum(autovacuum_count + autoanalyz
 
 /// The tables autovacuum works on in `schema` until `stop` is set, sampled
 /// every 500 ms: `VACUUM history 3.5 s, ...`, seconds seen busy per
-/// operation and table (empty: none seen).
+/// operation and table (empty: none seen). Each sample is a query on a
+/// connection of its own, the same small load in aged and fresh windows.
 async fn autovacuum_busy(url: String, schema: String, stop: Arc<AtomicBool>) -> String {
     const EVERY: Duration = Duration::from_millis(500);
     let sql = "SELECT string_agg(query, '|') FROM pg_stat_activity \
@@ -259,8 +264,8 @@ impl Costs {
 }
 
 /// Waits (at most `within`) until autovacuum has nothing left to do on
-/// `schema`: no worker busy with one of its tables and no table over its
-/// vacuum threshold, so a window does not start inside (or just before)
+/// `schema`: no worker busy with one of its tables and no table over one
+/// of its thresholds ([`PENDING_VACUUMS`]), so a window does not start inside (or just before)
 /// the vacuums that the churn burst before it made due. Returns the time
 /// waited.
 async fn settle(url: &str, schema: &str, within: Duration) -> Duration {
