@@ -9,6 +9,8 @@ CREATE OR REPLACE FUNCTION duroxide.dx_abandon_orchestration(p_token text, p_del
  RETURNS boolean
  LANGUAGE plpgsql
  SET search_path TO 'duroxide'
+ SET enable_seqscan TO 'off'
+ SET jit TO 'off'
 AS $function$
 DECLARE
     v_instance TEXT;
@@ -39,6 +41,8 @@ CREATE OR REPLACE FUNCTION duroxide.dx_abandon_work(p_token text, p_delay_ms big
  RETURNS boolean
  LANGUAGE plpgsql
  SET search_path TO 'duroxide'
+ SET enable_seqscan TO 'off'
+ SET jit TO 'off'
 AS $function$
 BEGIN
     UPDATE worker_queue
@@ -68,6 +72,8 @@ CREATE OR REPLACE FUNCTION duroxide.dx_ack_orchestration(p_token text, p_executi
  RETURNS jsonb
  LANGUAGE plpgsql
  SET search_path TO 'duroxide'
+ SET enable_seqscan TO 'off'
+ SET jit TO 'off'
 AS $function$
 DECLARE
     v_instance    TEXT;
@@ -268,6 +274,8 @@ CREATE OR REPLACE FUNCTION duroxide.dx_ack_work(p_token text, p_instance text, p
  RETURNS integer
  LANGUAGE plpgsql
  SET search_path TO 'duroxide'
+ SET enable_seqscan TO 'off'
+ SET jit TO 'off'
 AS $function$
 DECLARE
     v_session TEXT;
@@ -504,6 +512,8 @@ CREATE OR REPLACE FUNCTION duroxide.dx_enqueue_orchestrator(p_instance text, p_k
  RETURNS bigint
  LANGUAGE plpgsql
  SET search_path TO 'duroxide'
+ SET enable_seqscan TO 'off'
+ SET jit TO 'off'
 AS $function$
 DECLARE
     v_id BIGINT;
@@ -521,6 +531,8 @@ CREATE OR REPLACE FUNCTION duroxide.dx_enqueue_worker(p_item jsonb, p_instance t
  RETURNS bigint
  LANGUAGE plpgsql
  SET search_path TO 'duroxide'
+ SET enable_seqscan TO 'off'
+ SET jit TO 'off'
 AS $function$
 DECLARE
     v_id BIGINT;
@@ -548,6 +560,8 @@ CREATE OR REPLACE FUNCTION duroxide.dx_fetch_orchestration(p_token text, p_lock_
  SET enable_hashjoin TO 'off'
  SET enable_mergejoin TO 'off'
  SET enable_bitmapscan TO 'off'
+ SET enable_seqscan TO 'off'
+ SET jit TO 'off'
 AS $function$
 DECLARE
     v_instance TEXT;
@@ -756,6 +770,8 @@ CREATE OR REPLACE FUNCTION duroxide.dx_fetch_work(p_token text, p_lock_ms bigint
  RETURNS jsonb
  LANGUAGE plpgsql
  SET search_path TO 'duroxide'
+ SET enable_seqscan TO 'off'
+ SET jit TO 'off'
 AS $function$
 DECLARE
     v_id       BIGINT;
@@ -921,6 +937,8 @@ CREATE OR REPLACE FUNCTION duroxide.dx_orchestrator_outlook(p_claimed text)
  LANGUAGE plpgsql
  STABLE
  SET search_path TO 'duroxide'
+ SET enable_seqscan TO 'off'
+ SET jit TO 'off'
 AS $function$
 BEGIN
     IF p_claimed IS NOT NULL AND EXISTS (
@@ -1071,6 +1089,8 @@ CREATE OR REPLACE FUNCTION duroxide.dx_read_history(p_instance text, p_execution
  STABLE
  SET search_path TO 'duroxide'
  SET plan_cache_mode TO 'force_generic_plan'
+ SET enable_seqscan TO 'off'
+ SET jit TO 'off'
 AS $function$
 DECLARE
     v_exec   BIGINT;
@@ -1103,6 +1123,8 @@ CREATE OR REPLACE FUNCTION duroxide.dx_renew_orchestration_lock(p_token text, p_
  RETURNS boolean
  LANGUAGE sql
  SET search_path TO 'duroxide'
+ SET enable_seqscan TO 'off'
+ SET jit TO 'off'
 AS $function$
     WITH renewed AS (
         UPDATE instance_locks
@@ -1117,6 +1139,8 @@ CREATE OR REPLACE FUNCTION duroxide.dx_renew_sessions(p_owner_ids text[], p_exte
  RETURNS bigint
  LANGUAGE sql
  SET search_path TO 'duroxide'
+ SET enable_seqscan TO 'off'
+ SET jit TO 'off'
 AS $function$
     WITH renewed AS (
         UPDATE sessions
@@ -1133,6 +1157,8 @@ CREATE OR REPLACE FUNCTION duroxide.dx_renew_work_lock(p_token text, p_extend_ms
  RETURNS boolean
  LANGUAGE plpgsql
  SET search_path TO 'duroxide'
+ SET enable_seqscan TO 'off'
+ SET jit TO 'off'
 AS $function$
 DECLARE
     v_session TEXT;
