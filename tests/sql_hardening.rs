@@ -698,7 +698,9 @@ async fn retention_by_ids_looks_the_listed_instances_up_by_primary_key() {
 /// every fetch and ack all of its pages. One transaction runs an
 /// orchestration's first turn (enqueue, fetch, renew, abandon, fetch, ack)
 /// and an activity (enqueue, fetch, renew, ack) and must scan none of them
-/// sequentially.
+/// sequentially. The 13 functions that plan so also have JIT off: a scan no
+/// index serves is then priced past `jit_above_cost`, and was compiled on
+/// every call.
 #[tokio::test]
 async fn the_hot_path_reads_queues_and_locks_through_their_indexes() {
     use diesel::QueryableByName;
