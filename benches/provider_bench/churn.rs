@@ -173,7 +173,7 @@ const PENDING_VACUUMS: &str = "SELECT count(*) FROM (SELECT s.relid FROM pg_stat
               + max(o.v) FILTER (WHERE o.name = 'autovacuum_analyze_scale_factor') * r.tuples) p";
 
 /// Autovacuum workers busy with one of the schema's tables.
-const BUSY_WORKERS: &str = "SELECT count(*) FROM pg_stat_activity \
+const AUTOVACUUM_WORKERS: &str = "FROM pg_stat_activity \
      WHERE backend_type = 'autovacuum worker' AND query LIKE '%' || {schema} || '.%'";
 
 /// Vacuums and analyzes autovacuum has finished on the schema's tables.
@@ -186,11 +186,10 @@ const AUTOVACUUM_RUNS: &str = "SELECT coalesce(sum(autovacuum_count + autoanalyz
 /// connection of its own, the same small load in aged and fresh windows.
 async fn autovacuum_busy(url: String, schema: String, stop: Arc<AtomicBool>) -> String {
     const EVERY: Duration = Duration::from_millis(500);
-    let sql = "SELECT string_agg(query, '|') FROM pg_stat_activity \
-               WHERE backend_type = 'autovacuum worker' AND query LIKE '%' || {schema} || '.%'";
+    let sql = format!("SELECT string_agg(query, '|') {AUTOVACUUM_WORKERS}");
     let mut busy: BTreeMap<String, u32> = BTreeMap::new();
     while !stop.load(Ordering::Relaxed) {
-        if let Some(seen) = schema_text(&url, &schema, sql).await {
+        if let Some(seen) = schema_text(&url, &schema, &sql).await {
             for q in seen.split('|') {
                 let what = q
                     .trim_start_matches("autovacuum: ")
@@ -270,8 +269,9 @@ impl Costs {
 /// waited.
 async fn settle(url: &str, schema: &str, within: Duration) -> Duration {
     let t = Instant::now();
+    let busy = format!("SELECT count(*) {AUTOVACUUM_WORKERS}");
     while t.elapsed() < within
-        && (schema_number(url, schema, BUSY_WORKERS).await > 0
+        && (schema_number(url, schema, &busy).await > 0
             || schema_number(url, schema, PENDING_VACUUMS).await > 0)
     {
         tokio::time::sleep(Duration::from_millis(500)).await;
