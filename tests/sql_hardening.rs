@@ -797,3 +797,119 @@ async fn the_hot_path_reads_queues_and_locks_through_their_indexes() {
     drop(p);
     db.cleanup().await;
 }
+
+/// The hot path looks instances and executions up one key at a time even
+/// when their statistics say they are empty (migration 000019). A retention
+/// task that deletes every completed instance leaves the tables nearly
+/// empty, autovacuum's analyze records them so, and the workload refills
+/// them long before the next analyze: with those statistics the planner
+/// joined all of `instances` to all of `executions` before matching the
+/// orchestrator fetch's candidate, so every fetch read both tables whole
+/// (`executions` once per instance) until the next analyze. Here 2,000 instances are added and deleted, the
+/// tables analyzed (so their pages hold no live row), and 2,000 more added
+/// behind the statistics' back. One turn (enqueue, fetch, ack), one
+/// activity (enqueue, fetch, ack) and the next turn's fetch through the
+/// version filter may then read only a few index entries of either table,
+/// with the first (custom) plans and with generic ones. Without the
+/// migration they read about 4 million.
+#[tokio::test]
+async fn the_hot_path_looks_instances_up_by_key_when_statistics_say_empty() {
+    let json = |item: WorkItem| serde_json::to_string(&item).unwrap().replace('\'', "''");
+    // Index entries the transaction read from the two tables' indexes.
+    let read = "SELECT sum(pg_stat_get_xact_tuples_returned(i.indexrelid)) FROM pg_index i \
+                WHERE i.indrelid IN ('instances'::regclass, 'executions'::regclass)";
+
+    let db = TestDb::new().await;
+    let p = db.provider().await;
+    common::exec(
+        &db.url,
+        &format!(
+            "SET search_path TO \"{}\";
+             ALTER TABLE instances SET (autovacuum_enabled = false);
+             ALTER TABLE executions SET (autovacuum_enabled = false);
+             INSERT INTO instances (instance_id, orchestration_name, orchestration_version,
+                                    current_execution_id, created_at, updated_at)
+             SELECT 'e-' || n, 'Orders', '1.0.0', 1, now(), now()
+             FROM generate_series(1, 2000) n;
+             INSERT INTO executions (instance_id, execution_id, status, started_at)
+             SELECT instance_id, 1, 'Completed', now() FROM instances;
+             DELETE FROM executions;
+             DELETE FROM instances;
+             ANALYZE instances, executions;
+             INSERT INTO instances (instance_id, orchestration_name, orchestration_version,
+                                    current_execution_id, created_at, updated_at)
+             SELECT 'f-' || n, 'Orders', '1.0.0', 1, now(), now()
+             FROM generate_series(1, 2000) n;
+             INSERT INTO executions (instance_id, execution_id, status, started_at)
+             SELECT instance_id, 1, 'Running', now() FROM instances;",
+            db.schema
+        ),
+    )
+    .await;
+
+    let mut conn = AsyncPgConnection::establish(&db.url).await.unwrap();
+    conn.batch_execute(&format!("SET search_path TO \"{}\"", db.schema))
+        .await
+        .unwrap();
+    for plans in ["auto", "force_generic_plan"] {
+        for round in 0..3 {
+            let id = format!("se-{plans}-{round}");
+            conn.batch_execute(&format!("BEGIN; SET LOCAL plan_cache_mode = {plans}"))
+                .await
+                .unwrap();
+            let calls = [
+                format!(
+                    "dx_enqueue_orchestrator('{id}', 'StartOrchestration', '{}'::jsonb, 0)",
+                    json(start_item(&id))
+                ),
+                "dx_fetch_orchestration('se-turn', 30000, NULL, NULL, NULL) ->> 'result'"
+                    .to_owned(),
+                "dx_ack_orchestration('se-turn', 1, '[]', '[]', '[]', \
+                 '{\"orchestration_name\": \"O\", \"orchestration_version\": \"1.0.0\"}', NULL, \
+                 '[]', '[]', NULL, NULL) ->> 'result'"
+                    .to_owned(),
+                format!(
+                    "dx_enqueue_worker('{}'::jsonb, '{id}', 1, 1, NULL, NULL)",
+                    json(activity_item(&id, 1))
+                ),
+                "dx_fetch_work('se-work', 30000, NULL, 0, 0, NULL, NULL) ->> 'result'".to_owned(),
+                format!(
+                    "dx_ack_work('se-work', '{id}', 'ActivityCompleted', '{}'::jsonb, 10)",
+                    json(completion_item(&id, 1))
+                ),
+                // The next turn, of an instance that now exists, through
+                // the version filter.
+                "dx_fetch_orchestration('se-turn-2', 30000, ARRAY[0, 0, 0], ARRAY[99, 0, 0], \
+                 NULL) ->> 'result'"
+                    .to_owned(),
+            ];
+            let mut answers = Vec::new();
+            for call in &calls {
+                answers.push(text(&mut conn, call).await.unwrap_or_default());
+            }
+            assert_eq!(
+                [
+                    &answers[1],
+                    &answers[2],
+                    &answers[4],
+                    &answers[5],
+                    &answers[6]
+                ],
+                ["claimed", "committed", "claimed", "1", "claimed"],
+                "{plans}, round {round}: {answers:?}"
+            );
+            let entries: u64 = text(&mut conn, read)
+                .await
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(u64::MAX);
+            assert!(
+                entries <= 50,
+                "{plans}, round {round}: one turn and one activity read {entries} index \
+                 entries of instances and executions"
+            );
+            conn.batch_execute("ROLLBACK").await.unwrap();
+        }
+    }
+    drop(p);
+    db.cleanup().await;
+}

@@ -206,7 +206,7 @@ async fn autovacuum_busy(url: String, schema: String, stop: Arc<AtomicBool>) -> 
 }
 
 /// Counters read around each window: what it cost the server.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Default)]
 struct Costs {
     /// Vacuums and analyzes autovacuum finished on the window's schema.
     vacuums: u64,
@@ -218,9 +218,24 @@ struct Costs {
     /// Buffers the window's schema's tables, indexes and TOAST were read
     /// from (`pg_statio_user_tables`, hits and reads).
     blocks: u64,
+    /// [`Costs::blocks`] split by relation: each table's heap (its
+    /// name) and each index (`table.index`).
+    by_relation: std::collections::BTreeMap<String, u64>,
     /// Orchestrations completed.
     done: u64,
 }
+
+/// Buffers read per relation of the schema, as `name=count` pairs
+/// joined by `;`: each table's heap and TOAST under its name, each index
+/// as `table.index`.
+const BLOCKS_BY_RELATION: &str = "SELECT string_agg(name || '=' || n, ';') FROM ( \
+     SELECT relname AS name, heap_blks_hit + heap_blks_read \
+            + coalesce(toast_blks_hit, 0) + coalesce(toast_blks_read, 0) \
+            + coalesce(tidx_blks_hit, 0) + coalesce(tidx_blks_read, 0) AS n \
+       FROM pg_statio_user_tables WHERE schemaname = {schema} \
+     UNION ALL \
+     SELECT relname || '.' || indexrelname, idx_blks_hit + idx_blks_read \
+       FROM pg_statio_user_indexes WHERE schemaname = {schema}) r";
 
 impl Costs {
     async fn read(url: &str, schema: &str, done: usize) -> Costs {
@@ -236,12 +251,29 @@ impl Costs {
             wal_bytes: schema_number(url, schema, wal).await,
             fpi: schema_number(url, schema, fpi).await,
             blocks: schema_number(url, schema, blocks).await,
+            by_relation: schema_text(url, schema, BLOCKS_BY_RELATION)
+                .await
+                .unwrap_or_default()
+                .split(';')
+                .filter_map(|pair| {
+                    let (name, n) = pair.split_once('=')?;
+                    Some((name.to_owned(), n.parse().ok()?))
+                })
+                .collect(),
             done: done as u64,
         }
     }
 
-    fn since(self, before: Costs) -> Costs {
+    fn since(self, before: &Costs) -> Costs {
         Costs {
+            by_relation: self
+                .by_relation
+                .iter()
+                .map(|(name, n)| {
+                    let was = before.by_relation.get(name).copied().unwrap_or(0);
+                    (name.clone(), n.saturating_sub(was))
+                })
+                .collect(),
             vacuums: self.vacuums.saturating_sub(before.vacuums),
             wal_bytes: self.wal_bytes.saturating_sub(before.wal_bytes),
             fpi: self.fpi.saturating_sub(before.fpi),
@@ -250,14 +282,23 @@ impl Costs {
         }
     }
 
-    /// `WAL bytes / full-page images / buffers` per orchestration.
+    /// `WAL bytes / full-page images / buffers` per orchestration, then
+    /// the buffers of the four relations read most, per orchestration.
     fn per_orchestration(&self) -> String {
         let n = self.done.max(1) as f64;
+        let mut top: Vec<_> = self.by_relation.iter().collect();
+        top.sort_by(|a, b| b.1.cmp(a.1));
+        let top: Vec<_> = top
+            .iter()
+            .take(4)
+            .map(|(name, blocks)| format!("{name} {:.0}", **blocks as f64 / n))
+            .collect();
         format!(
-            "{:.0} B/{:.2} fpi/{:.0} bufs",
+            "{:.0} B/{:.2} fpi/{:.0} bufs ({})",
             self.wal_bytes as f64 / n,
             self.fpi as f64 / n,
-            self.blocks as f64 / n
+            self.blocks as f64 / n,
+            top.join(", ")
         )
     }
 }
@@ -404,7 +445,7 @@ async fn curve(url: &str, cfg: &Config, total: usize, prune: bool) -> Res<Curve>
                         ));
                         let costs = Costs::read(url, on, window_tap.done_count())
                             .await
-                            .since(before);
+                            .since(&before);
                         let vacuums = costs.vacuums;
                         busy.push(format!(
                             "{} window {w} per orchestration: {}",
