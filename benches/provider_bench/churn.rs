@@ -433,7 +433,9 @@ async fn curve(url: &str, cfg: &Config, total: usize, prune: bool) -> Res<Curve>
                             let p = format!("s{point}-{w}-");
                             aged.push(steady_rate(&tap, cfg.stress_secs, &p).await?);
                         } else {
-                            let p = format!("f{w}-");
+                            // Ids as long as the aged schema's: every row
+                            // and index entry carries them.
+                            let p = format!("f{point}-{w}-");
                             fresh.push(steady_rate(&fresh_tap, cfg.stress_secs, &p).await?);
                         }
                         stop.store(true, Ordering::Relaxed);
