@@ -805,9 +805,9 @@ async fn the_hot_path_reads_queues_and_locks_through_their_indexes() {
 /// them long before the next analyze: with those statistics the planner
 /// joined all of `instances` to all of `executions` before matching the
 /// orchestrator fetch's candidate, so every fetch read both tables whole
-/// (`executions` once per instance) until the next analyze. Here 2,000 instances are added and deleted, the
-/// tables analyzed (so their pages hold no live row), and 2,000 more added
-/// behind the statistics' back. One turn (enqueue, fetch, ack), one
+/// (`executions` once per instance) until the next analyze. Here 2,000
+/// instances are added and deleted, the tables analyzed (so their pages
+/// hold no live row), and 2,000 more added behind the statistics' back. One turn (enqueue, fetch, ack), one
 /// activity (enqueue, fetch, ack) and the next turn's fetch through the
 /// version filter may then read only a few index entries of either table,
 /// with the first (custom) plans and with generic ones. Without the
