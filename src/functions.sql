@@ -595,39 +595,37 @@ BEGIN
             RETURN pg_catalog.jsonb_build_object('result'::TEXT, 'idle'::TEXT, 'retry_ms'::TEXT, 0::BIGINT);
         END IF;
 
-        -- Each lookup of the candidate's lock, instance and execution is a
-        -- scalar subquery keyed by the candidate, so it runs as an index
-        -- lookup per candidate whatever the tables' statistics say (see
-        -- the top of this migration).
+        -- The candidate's lock and instance are looked up by scalar
+        -- subqueries keyed by the candidate, so each runs as an index lookup
+        -- per candidate whatever the tables' statistics say (see the top of
+        -- this migration). The instance's subquery answers whether its
+        -- current execution's pinned version is in range, or NULL when the
+        -- instance does not exist yet.
         SELECT q.instance_id INTO v_instance
         FROM orchestrator_queue q
         WHERE q.visible_at <= pg_catalog.now()
           AND q.instance_id <> ALL (v_skipped)
           AND coalesce((SELECT l.locked_until <= pg_catalog.now()
                         FROM instance_locks l WHERE l.instance_id = q.instance_id), TRUE)
-          AND CASE
-                WHEN (SELECT i.current_execution_id FROM instances i
-                      WHERE i.instance_id = q.instance_id) IS NULL THEN
-                    -- Messages of an instance that does not exist yet wait for its
-                    -- start message; orphaned queue messages are selected so they
-                    -- get dropped.
-                    q.kind IN ('StartOrchestration', 'ContinueAsNew', 'QueueMessage')
-                    OR coalesce((SELECT TRUE FROM executions x
-                                 WHERE x.instance_id = q.instance_id LIMIT 1), FALSE)
-                    OR coalesce((SELECT TRUE FROM orchestrator_queue s
-                                 WHERE s.instance_id = q.instance_id
-                                   AND s.kind IN ('StartOrchestration', 'ContinueAsNew')
-                                   AND s.visible_at <= pg_catalog.now() LIMIT 1), FALSE)
-                ELSE
-                    p_min_version IS NULL
-                    OR coalesce((SELECT e.pinned_major IS NULL
-                                        OR (ARRAY[e.pinned_major, e.pinned_minor, e.pinned_patch] OPERATOR(pg_catalog.>=) p_min_version
-                                            AND ARRAY[e.pinned_major, e.pinned_minor, e.pinned_patch] OPERATOR(pg_catalog.<=) p_max_version)
-                                 FROM executions e
-                                 WHERE e.instance_id = q.instance_id
-                                   AND e.execution_id = (SELECT i.current_execution_id FROM instances i
-                                                         WHERE i.instance_id = q.instance_id)), TRUE)
-              END
+          AND coalesce(
+                (SELECT coalesce(p_min_version IS NULL OR e.pinned_major IS NULL
+                                 OR (ARRAY[e.pinned_major, e.pinned_minor, e.pinned_patch] OPERATOR(pg_catalog.>=) p_min_version
+                                     AND ARRAY[e.pinned_major, e.pinned_minor, e.pinned_patch] OPERATOR(pg_catalog.<=) p_max_version),
+                                 FALSE)
+                 FROM instances i
+                 LEFT JOIN executions e
+                   ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
+                 WHERE i.instance_id = q.instance_id),
+                -- Messages of an instance that does not exist yet wait for its
+                -- start message; orphaned queue messages are selected so they
+                -- get dropped.
+                q.kind IN ('StartOrchestration', 'ContinueAsNew', 'QueueMessage')
+                OR coalesce((SELECT TRUE FROM executions x
+                             WHERE x.instance_id = q.instance_id LIMIT 1), FALSE)
+                OR coalesce((SELECT TRUE FROM orchestrator_queue s
+                             WHERE s.instance_id = q.instance_id
+                               AND s.kind IN ('StartOrchestration', 'ContinueAsNew')
+                               AND s.visible_at <= pg_catalog.now() LIMIT 1), FALSE))
         ORDER BY q.id
         LIMIT 1;
 

@@ -614,6 +614,11 @@ async fn text(conn: &mut AsyncPgConnection, sql: &str) -> Option<String> {
     rows.into_iter().next().expect("one row").v
 }
 
+/// `item` as JSON, quoted for a SQL string literal.
+fn json(item: WorkItem) -> String {
+    serde_json::to_string(&item).unwrap().replace('\'', "''")
+}
+
 /// Retention by a list of ids finds the listed instances by primary key
 /// (migration 000017): among 5,000 instances, neither bulk call reads
 /// `instances_created_idx` to find the few it was given, with the first
@@ -707,8 +712,6 @@ async fn retention_by_ids_looks_the_listed_instances_up_by_primary_key() {
 /// every call.
 #[tokio::test]
 async fn the_hot_path_reads_queues_and_locks_through_their_indexes() {
-    let json = |item: WorkItem| serde_json::to_string(&item).unwrap().replace('\'', "''");
-
     let db = TestDb::new().await;
     let p = db.provider().await;
     let mut conn = AsyncPgConnection::establish(&db.url).await.unwrap();
@@ -807,14 +810,13 @@ async fn the_hot_path_reads_queues_and_locks_through_their_indexes() {
 /// orchestrator fetch's candidate, so every fetch read both tables whole
 /// (`executions` once per instance) until the next analyze. Here 2,000
 /// instances are added and deleted, the tables analyzed (so their pages
-/// hold no live row), and 2,000 more added behind the statistics' back. One turn (enqueue, fetch, ack), one
-/// activity (enqueue, fetch, ack) and the next turn's fetch through the
-/// version filter may then read only a few index entries of either table,
-/// with the first (custom) plans and with generic ones. Without the
-/// migration they read about 4 million.
+/// hold no live row), and 2,000 more added behind the statistics' back.
+/// One turn (enqueue, fetch, ack), one activity (enqueue, fetch, ack) and
+/// the next turn's fetch through the version filter may then read only a
+/// few index entries of either table, with the first (custom) plans and
+/// with generic ones. Without the migration they read about 4 million.
 #[tokio::test]
 async fn the_hot_path_looks_instances_up_by_key_when_statistics_say_empty() {
-    let json = |item: WorkItem| serde_json::to_string(&item).unwrap().replace('\'', "''");
     // Index entries the transaction read from the two tables' indexes.
     let read = "SELECT sum(pg_stat_get_xact_tuples_returned(i.indexrelid)) FROM pg_index i \
                 WHERE i.indrelid IN ('instances'::regclass, 'executions'::regclass)";

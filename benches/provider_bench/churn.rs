@@ -216,10 +216,8 @@ struct Costs {
     /// backend within about a second).
     fpi: u64,
     /// Buffers the window's schema's tables, indexes and TOAST were read
-    /// from (`pg_statio_user_tables`, hits and reads).
-    blocks: u64,
-    /// [`Costs::blocks`] split by relation: each table's heap (its
-    /// name) and each index (`table.index`).
+    /// from (hits and reads), by relation: each table's heap and TOAST
+    /// (its name) and each index (`table.index`).
     by_relation: std::collections::BTreeMap<String, u64>,
     /// Orchestrations completed.
     done: u64,
@@ -241,16 +239,10 @@ impl Costs {
     async fn read(url: &str, schema: &str, done: usize) -> Costs {
         let wal = "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint::text";
         let fpi = "SELECT wal_fpi::text FROM pg_stat_wal";
-        let blocks = "SELECT coalesce(sum(heap_blks_hit + heap_blks_read \
-                      + coalesce(idx_blks_hit, 0) + coalesce(idx_blks_read, 0) \
-                      + coalesce(toast_blks_hit, 0) + coalesce(toast_blks_read, 0) \
-                      + coalesce(tidx_blks_hit, 0) + coalesce(tidx_blks_read, 0)), 0)::text \
-                      FROM pg_statio_user_tables WHERE schemaname = {schema}";
         Costs {
             vacuums: schema_number(url, schema, AUTOVACUUM_RUNS).await,
             wal_bytes: schema_number(url, schema, wal).await,
             fpi: schema_number(url, schema, fpi).await,
-            blocks: schema_number(url, schema, blocks).await,
             by_relation: schema_text(url, schema, BLOCKS_BY_RELATION)
                 .await
                 .unwrap_or_default()
@@ -277,7 +269,6 @@ impl Costs {
             vacuums: self.vacuums.saturating_sub(before.vacuums),
             wal_bytes: self.wal_bytes.saturating_sub(before.wal_bytes),
             fpi: self.fpi.saturating_sub(before.fpi),
-            blocks: self.blocks.saturating_sub(before.blocks),
             done: self.done.saturating_sub(before.done),
         }
     }
@@ -286,6 +277,7 @@ impl Costs {
     /// the buffers of the four relations read most, per orchestration.
     fn per_orchestration(&self) -> String {
         let n = self.done.max(1) as f64;
+        let blocks: u64 = self.by_relation.values().sum();
         let mut top: Vec<_> = self.by_relation.iter().collect();
         top.sort_by(|a, b| b.1.cmp(a.1));
         let top: Vec<_> = top
@@ -297,7 +289,7 @@ impl Costs {
             "{:.0} B/{:.2} fpi/{:.0} bufs ({})",
             self.wal_bytes as f64 / n,
             self.fpi as f64 / n,
-            self.blocks as f64 / n,
+            blocks as f64 / n,
             top.join(", ")
         )
     }

@@ -16,16 +16,19 @@
 -- whole until the next analyze: 1,657 buffers per orchestration, 1,353 of
 -- them in `executions`, against 264 on a fresh schema.
 --
--- Each lookup is now a scalar subquery keyed by the candidate. PostgreSQL
--- never turns a scalar subquery into a join: it runs once per candidate,
--- with the candidate's id as a parameter, which the primary key serves.
--- The existence tests are scalar too, so none of them is hashed over a
--- whole table either. The answer is unchanged: a candidate is claimable
--- when it is visible, not skipped, not locked by a live lock, and either
--- its instance exists and its current execution's pinned version (if
--- any) is in range, or its instance does not exist yet and the message
--- may start it, belongs to an instance known by its executions only, or
--- waits for a visible start message.
+-- The lock and the instance are now looked up by scalar subqueries keyed
+-- by the candidate. PostgreSQL never turns a scalar subquery into a join:
+-- it runs once per candidate, with the candidate's id as a parameter,
+-- which the primary key serves; the execution is joined to that one
+-- instance row inside it. The existence tests are scalar too, so none of
+-- them is hashed over a whole table either.
+--
+-- The answer is unchanged: a candidate is claimable when it is visible,
+-- not skipped, not locked by a live lock, and either its instance exists
+-- and its current execution's pinned version (if any) is in range, or its
+-- instance does not exist yet and the message may start it, belongs to an
+-- instance known by its executions only, or waits for a visible start
+-- message.
 
 CREATE OR REPLACE FUNCTION dx_fetch_orchestration(p_token text, p_lock_ms bigint, p_min_version integer[], p_max_version integer[], p_reader text)
  RETURNS jsonb
@@ -71,39 +74,37 @@ BEGIN
             RETURN pg_catalog.jsonb_build_object('result'::TEXT, 'idle'::TEXT, 'retry_ms'::TEXT, 0::BIGINT);
         END IF;
 
-        -- Each lookup of the candidate's lock, instance and execution is a
-        -- scalar subquery keyed by the candidate, so it runs as an index
-        -- lookup per candidate whatever the tables' statistics say (see
-        -- the top of this migration).
+        -- The candidate's lock and instance are looked up by scalar
+        -- subqueries keyed by the candidate, so each runs as an index lookup
+        -- per candidate whatever the tables' statistics say (see the top of
+        -- this migration). The instance's subquery answers whether its
+        -- current execution's pinned version is in range, or NULL when the
+        -- instance does not exist yet.
         SELECT q.instance_id INTO v_instance
         FROM orchestrator_queue q
         WHERE q.visible_at <= pg_catalog.now()
           AND q.instance_id <> ALL (v_skipped)
           AND coalesce((SELECT l.locked_until <= pg_catalog.now()
                         FROM instance_locks l WHERE l.instance_id = q.instance_id), TRUE)
-          AND CASE
-                WHEN (SELECT i.current_execution_id FROM instances i
-                      WHERE i.instance_id = q.instance_id) IS NULL THEN
-                    -- Messages of an instance that does not exist yet wait for its
-                    -- start message; orphaned queue messages are selected so they
-                    -- get dropped.
-                    q.kind IN ('StartOrchestration', 'ContinueAsNew', 'QueueMessage')
-                    OR coalesce((SELECT TRUE FROM executions x
-                                 WHERE x.instance_id = q.instance_id LIMIT 1), FALSE)
-                    OR coalesce((SELECT TRUE FROM orchestrator_queue s
-                                 WHERE s.instance_id = q.instance_id
-                                   AND s.kind IN ('StartOrchestration', 'ContinueAsNew')
-                                   AND s.visible_at <= pg_catalog.now() LIMIT 1), FALSE)
-                ELSE
-                    p_min_version IS NULL
-                    OR coalesce((SELECT e.pinned_major IS NULL
-                                        OR (ARRAY[e.pinned_major, e.pinned_minor, e.pinned_patch] OPERATOR(pg_catalog.>=) p_min_version
-                                            AND ARRAY[e.pinned_major, e.pinned_minor, e.pinned_patch] OPERATOR(pg_catalog.<=) p_max_version)
-                                 FROM executions e
-                                 WHERE e.instance_id = q.instance_id
-                                   AND e.execution_id = (SELECT i.current_execution_id FROM instances i
-                                                         WHERE i.instance_id = q.instance_id)), TRUE)
-              END
+          AND coalesce(
+                (SELECT coalesce(p_min_version IS NULL OR e.pinned_major IS NULL
+                                 OR (ARRAY[e.pinned_major, e.pinned_minor, e.pinned_patch] OPERATOR(pg_catalog.>=) p_min_version
+                                     AND ARRAY[e.pinned_major, e.pinned_minor, e.pinned_patch] OPERATOR(pg_catalog.<=) p_max_version),
+                                 FALSE)
+                 FROM instances i
+                 LEFT JOIN executions e
+                   ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
+                 WHERE i.instance_id = q.instance_id),
+                -- Messages of an instance that does not exist yet wait for its
+                -- start message; orphaned queue messages are selected so they
+                -- get dropped.
+                q.kind IN ('StartOrchestration', 'ContinueAsNew', 'QueueMessage')
+                OR coalesce((SELECT TRUE FROM executions x
+                             WHERE x.instance_id = q.instance_id LIMIT 1), FALSE)
+                OR coalesce((SELECT TRUE FROM orchestrator_queue s
+                             WHERE s.instance_id = q.instance_id
+                               AND s.kind IN ('StartOrchestration', 'ContinueAsNew')
+                               AND s.visible_at <= pg_catalog.now() LIMIT 1), FALSE))
         ORDER BY q.id
         LIMIT 1;
 
