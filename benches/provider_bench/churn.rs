@@ -36,6 +36,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use duroxide::Client;
 use duroxide::providers::{InstanceFilter, ProviderAdmin};
 
+use duroxide_diesel_testkit::cpu::{self, Cpu};
+
 use crate::backlog::{options, steady_rate, wait_count};
 use crate::config::{Config, progress};
 use crate::report::{fmt_num, list, median, table};
@@ -221,6 +223,9 @@ struct Costs {
     by_relation: std::collections::BTreeMap<String, u64>,
     /// Orchestrations completed.
     done: u64,
+    /// CPU of this process (one runtime works at a time) and of the server
+    /// (autovacuum included).
+    cpu: Cpu,
 }
 
 /// Buffers read per relation of the schema, as `name=count` pairs
@@ -236,7 +241,7 @@ const BLOCKS_BY_RELATION: &str = "SELECT string_agg(name || '=' || n, ';') FROM 
        FROM pg_statio_user_indexes WHERE schemaname = {schema}) r";
 
 impl Costs {
-    async fn read(url: &str, schema: &str, done: usize) -> Costs {
+    async fn read(url: &str, schema: &str, done: usize, postmaster: Option<u32>) -> Costs {
         let wal = "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint::text";
         let fpi = "SELECT wal_fpi::text FROM pg_stat_wal";
         Costs {
@@ -253,6 +258,7 @@ impl Costs {
                 })
                 .collect(),
             done: done as u64,
+            cpu: Cpu::now(postmaster),
         }
     }
 
@@ -270,11 +276,13 @@ impl Costs {
             wal_bytes: self.wal_bytes.saturating_sub(before.wal_bytes),
             fpi: self.fpi.saturating_sub(before.fpi),
             done: self.done.saturating_sub(before.done),
+            cpu: self.cpu.since(before.cpu),
         }
     }
 
-    /// `WAL bytes / full-page images / buffers` per orchestration, then
-    /// the buffers of the four relations read most, per orchestration.
+    /// `WAL bytes / full-page images / buffers / client CPU / server CPU`
+    /// per orchestration, then the buffers of the four relations read
+    /// most, per orchestration.
     fn per_orchestration(&self) -> String {
         let n = self.done.max(1) as f64;
         let blocks: u64 = self.by_relation.values().sum();
@@ -286,10 +294,12 @@ impl Costs {
             .map(|(name, blocks)| format!("{name} {:.0}", **blocks as f64 / n))
             .collect();
         format!(
-            "{:.0} B/{:.2} fpi/{:.0} bufs ({})",
+            "{:.0} B/{:.2} fpi/{:.0} bufs/client {:.2} ms/server {:.2} ms ({})",
             self.wal_bytes as f64 / n,
             self.fpi as f64 / n,
             blocks as f64 / n,
+            self.cpu.client_seconds() * 1000.0 / n,
+            self.cpu.server_seconds() * 1000.0 / n,
             top.join(", ")
         )
     }
@@ -376,6 +386,7 @@ async fn curve(url: &str, cfg: &Config, total: usize, prune: bool) -> Res<Curve>
     let mut checkpoints = vec![0, total / 4, total / 2, total];
     checkpoints.dedup();
     let label = if prune { "pruned" } else { "kept" };
+    let postmaster = cpu::postmaster_pid(url).await;
     let outcome = async {
         let mut points = Vec::new();
         let mut done = 0;
@@ -417,7 +428,7 @@ async fn curve(url: &str, cfg: &Config, total: usize, prune: bool) -> Res<Curve>
                     for on_aged in order {
                         let on = if on_aged { &schema } else { &fresh_schema };
                         let window_tap = if on_aged { &tap } else { &fresh_tap };
-                        let before = Costs::read(url, on, window_tap.done_count()).await;
+                        let before = Costs::read(url, on, window_tap.done_count(), postmaster).await;
                         let stop = Arc::new(AtomicBool::new(false));
                         let sampler =
                             tokio::spawn(autovacuum_busy(url.to_owned(), on.clone(), stop.clone()));
@@ -437,7 +448,7 @@ async fn curve(url: &str, cfg: &Config, total: usize, prune: bool) -> Res<Curve>
                             if on_aged { "aged" } else { "fresh" },
                             if seen.is_empty() { "-" } else { &seen }
                         ));
-                        let costs = Costs::read(url, on, window_tap.done_count())
+                        let costs = Costs::read(url, on, window_tap.done_count(), postmaster)
                             .await
                             .since(&before);
                         let vacuums = costs.vacuums;
@@ -460,7 +471,15 @@ async fn curve(url: &str, cfg: &Config, total: usize, prune: bool) -> Res<Curve>
                     let renewed_tap = Tap::new(Arc::new(build_pg(url, &schema).await?));
                     let renewed_rt = start_runtime(&renewed_tap, options()).await;
                     let p = format!("n{point}-{w}-");
+                    let before = Costs::read(url, &schema, 0, postmaster).await;
                     let rate = steady_rate(&renewed_tap, cfg.stress_secs, &p).await;
+                    let costs = Costs::read(url, &schema, renewed_tap.done_count(), postmaster)
+                        .await
+                        .since(&before);
+                    busy.push(format!(
+                        "new process window {w} per orchestration: {}",
+                        costs.per_orchestration()
+                    ));
                     renewed_rt.shutdown(None).await;
                     rt = Some(start_runtime(&tap, options()).await);
                     renewed.push(rate?);

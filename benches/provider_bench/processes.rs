@@ -44,20 +44,6 @@ fn options() -> RuntimeOptions {
 /// Activities this process ran.
 static RAN: AtomicUsize = AtomicUsize::new(0);
 
-/// CPU time (user + system) this process used so far, in seconds.
-fn own_cpu_seconds() -> f64 {
-    let ticks = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|stat| {
-            let rest = stat[stat.rfind(')')? + 2..].to_owned();
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        })
-        .unwrap_or(0);
-    // USER_HZ is 100 on every Linux the benchmark targets.
-    ticks as f64 / 100.0
-}
-
 /// Child mode: builds a provider on the schema it is given, says `ready`,
 /// starts its runtime at the line `go`, and at the line `stop` (or end of
 /// input) shuts it down and answers `ran <activities> <cpu seconds>`.
@@ -100,7 +86,11 @@ pub fn child_main() {
         if let Some(runtime) = runtime {
             runtime.shutdown(None).await;
         }
-        println!("ran {} {}", RAN.load(Ordering::Relaxed), own_cpu_seconds());
+        println!(
+            "ran {} {}",
+            RAN.load(Ordering::Relaxed),
+            duroxide_diesel_testkit::cpu::Cpu::now(None).client_seconds()
+        );
         Ok(())
     });
     if let Err(e) = outcome {

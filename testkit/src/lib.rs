@@ -4,6 +4,7 @@
 //! any duroxide [`Provider`](duroxide::providers::Provider) or with a plain
 //! PostgreSQL URL.
 //!
+//! * [`cpu`]: CPU time of this process and of a local PostgreSQL server.
 //! * [`pg`]: a PostgreSQL server to run against, `DATABASE_URL` or a
 //!   throwaway local cluster started on demand.
 //! * [`pgbouncer`]: a PgBouncer in transaction pooling mode in front of
@@ -28,6 +29,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod cpu;
 pub mod db;
 pub mod items;
 pub mod pg;

@@ -45,6 +45,8 @@ use duroxide::provider_stress_tests::parallel_orchestrations::{
 use duroxide::provider_stress_tests::{StressTestConfig, StressTestResult};
 use duroxide::providers::Provider;
 use duroxide::providers::sqlite::SqliteProvider;
+use duroxide_diesel_testkit::cpu::{self, Cpu};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use duroxide_diesel_testkit::{db, pg, proxy::ProxyThread};
 
 type Res<T> = Result<T, String>;
@@ -169,61 +171,6 @@ impl ProviderStressFactory for Factory {
     }
 }
 
-/// CPU time used so far, in clock ticks.
-#[derive(Clone, Copy, Default)]
-struct Cpu {
-    client: u64,
-    server: u64,
-}
-
-/// `(utime + stime, cutime + cstime, ppid)` of a process, in clock ticks.
-fn proc_times(pid: &str) -> Option<(u64, u64, u32)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces; the fields after it do not.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
-    Some((n(11)? + n(12)?, n(13)? + n(14)?, n(1)? as u32))
-}
-
-fn cpu_now(postmaster: Option<u32>) -> Cpu {
-    let client = proc_times("self").map_or(0, |t| t.0);
-    let server = postmaster.map_or(0, |pm| {
-        let own = proc_times(&pm.to_string()).map_or(0, |(t, reaped, _)| t + reaped);
-        let children: u64 = std::fs::read_dir("/proc")
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .filter_map(|e| e.file_name().into_string().ok())
-                    .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-                    .filter_map(|n| proc_times(&n))
-                    .filter(|(_, _, ppid)| *ppid == pm)
-                    .map(|(t, _, _)| t)
-                    .sum()
-            })
-            .unwrap_or(0);
-        own + children
-    });
-    Cpu { client, server }
-}
-
-fn ticks_per_second() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// The postmaster's pid, when the server's data directory is readable here.
-async fn postmaster_pid(url: &str) -> Option<u32> {
-    let dir = db::scalar(url, "current_setting('data_directory')")
-        .await
-        .ok()??;
-    let pid = std::fs::read_to_string(std::path::Path::new(&dir).join("postmaster.pid")).ok()?;
-    pid.lines().next()?.trim().parse().ok()
-}
-
 /// One provider's runs at one delay and concurrency.
 #[derive(Default)]
 struct Cell {
@@ -236,13 +183,13 @@ struct Cell {
 }
 
 impl Cell {
-    fn add(&mut self, r: &StressTestResult, before: Cpu, after: Cpu) {
+    fn add(&mut self, r: &StressTestResult, used: Cpu) {
         self.orch.push(r.orch_throughput);
         self.completed += r.completed;
         self.launched += r.launched;
         self.failed += r.failed;
-        self.client_ticks += after.client.saturating_sub(before.client);
-        self.server_ticks += after.server.saturating_sub(before.server);
+        self.client_ticks += used.client;
+        self.server_ticks += used.server;
     }
 
     /// CPU milliseconds per completed orchestration.
@@ -378,8 +325,39 @@ struct FunctionTime {
     self_ms: f64,
 }
 
+/// The global metrics recorder, installed by the first call (the
+/// function-time pass, after every measured run, so its bookkeeping
+/// touches no comparison).
+fn snapshotter() -> &'static Snapshotter {
+    static S: std::sync::OnceLock<Snapshotter> = std::sync::OnceLock::new();
+    S.get_or_init(|| {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        recorder.install().expect("no other metrics recorder");
+        snapshotter
+    })
+}
+
+/// Sum of the counter `name` over its labels, so far.
+fn counter(name: &str) -> u64 {
+    snapshotter()
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == name)
+        .map(|(.., value)| match value {
+            DebugValue::Counter(n) => n,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// duroxide-diesel's count of history reads answered from its cache.
+const READS_CACHED: &str = "provider.reads_answered_from_cache";
+
 /// One PostgreSQL provider alone with `track_functions = pl`: server time
-/// per stored function per completed orchestration.
+/// per stored function per completed orchestration, and for duroxide-diesel
+/// the history reads its cache answered.
 async fn function_times(
     kind: Kind,
     url: &str,
@@ -403,10 +381,12 @@ async fn function_times(
         );
         // The factory names the schema; remember which one this pass made.
         let before = schemas.lock().unwrap().len();
+        let cached_before = counter(READS_CACHED);
         let r =
             run_parallel_orchestrations_test_with_config(&factory, stress_config(s.secs, *conc))
                 .await
                 .map_err(|e| format!("stress (function times): {e}"))?;
+        let cached = counter(READS_CACHED) - cached_before;
         let made: Vec<String> = schemas.lock().unwrap()[before..].to_vec();
         // Backends report their function statistics when they exit (the
         // pool closed with the provider) or within a second when idle.
@@ -458,6 +438,18 @@ async fn function_times(
             num(total / n),
             "100%".to_owned(),
         ]);
+        if kind != Kind::DuroxidePg {
+            let sent = rows
+                .iter()
+                .find(|f| f.funcname == "dx_read_history")
+                .map_or(0, |f| f.calls);
+            println!(
+                "history reads per orchestration: {} answered from the cache, {} sent \
+                 (dx_read_history calls)",
+                num(cached as f64 / n),
+                num(sent as f64 / n)
+            );
+        }
         table(
             &[
                 "function",
@@ -477,8 +469,8 @@ async fn run() -> Res<()> {
     let url = tokio::task::spawn_blocking(pg::benchmark_database_url)
         .await
         .map_err(|e| format!("start PostgreSQL: {e}"))?;
-    let postmaster = postmaster_pid(&url).await;
-    let hz = ticks_per_second();
+    let postmaster = cpu::postmaster_pid(&url).await;
+    let hz = cpu::ticks_per_second();
     let settings = db::scalar(
         &url,
         "current_setting('server_version') || ', fsync=' || current_setting('fsync') || \
@@ -550,15 +542,14 @@ async fn run() -> Res<()> {
                     schemas: Arc::clone(&schemas),
                     files: Arc::clone(&files),
                 };
-                let before = cpu_now(postmaster);
+                let before = Cpu::now(postmaster);
                 let r = run_parallel_orchestrations_test_with_config(
                     &factory,
                     stress_config(s.secs, *conc),
                 )
                 .await
                 .map_err(|e| format!("stress on {}: {e}", kind.label()))?;
-                let after = cpu_now(postmaster);
-                cell.add(&r, before, after);
+                cell.add(&r, Cpu::now(postmaster).since(before));
             }
         }
         println!(
