@@ -1104,10 +1104,12 @@ CREATE OR REPLACE FUNCTION duroxide.dx_read_history(p_instance text, p_execution
  SET jit TO 'off'
 AS $function$
 DECLARE
-    v_exec   BIGINT;
-    v_token  TEXT;
-    v_base   BIGINT;
-    v_events JSONB;
+    v_exec           BIGINT;
+    v_token          TEXT;
+    v_base           BIGINT;
+    v_events         JSONB;
+    v_status         TEXT;
+    v_status_version BIGINT;
 BEGIN
     SELECT pg_catalog.max(execution_id) INTO v_exec FROM executions WHERE instance_id = p_instance;
     v_exec := coalesce(v_exec, 1::BIGINT);
@@ -1125,8 +1127,12 @@ BEGIN
     INTO v_events
     FROM history WHERE instance_id = p_instance AND execution_id = v_exec
       AND event_id > coalesce(v_base, (-1)::BIGINT);
+    SELECT i.custom_status, i.custom_status_version INTO v_status, v_status_version
+    FROM instances i WHERE i.instance_id = p_instance;
     RETURN pg_catalog.jsonb_build_object('execution_id'::TEXT, v_exec, 'base'::TEXT, v_base,
-                                         'events'::TEXT, v_events);
+                                         'events'::TEXT, v_events,
+                                         'custom_status'::TEXT, v_status,
+                                         'custom_status_version'::TEXT, v_status_version);
 END
 $function$;
 

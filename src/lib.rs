@@ -140,6 +140,9 @@ pub struct PostgresProvider {
     /// Histories of executions this provider ran turns of (see
     /// `provider::history_cache`).
     history_cache: provider::history_cache::HistoryCache,
+    /// Custom statuses history reads brought along (see
+    /// `provider::read_status`).
+    read_status: provider::read_status::ReadStatus,
 }
 
 impl std::fmt::Debug for PostgresProvider {
@@ -297,6 +300,12 @@ impl PostgresProviderBuilder {
     /// a round trip) older than a read sent at the same moment would see.
     /// Writes through this provider are never missed; a turn committed by
     /// another process in that interval is seen by the next read.
+    ///
+    /// The same window bounds status polls: a `read` that goes to the
+    /// server brings the instance's custom status along, and the next
+    /// `get_custom_status` of that instance within the window is answered
+    /// with it (once), so duroxide's `get_orchestration_status` is one round
+    /// trip.
     pub fn cached_read_window(mut self, window: Duration) -> Self {
         self.options.cached_read_window = window;
         self
@@ -447,6 +456,7 @@ impl PostgresProviderBuilder {
                 options.history_cache_events,
                 options.cached_read_window,
             ),
+            read_status: provider::read_status::ReadStatus::new(options.cached_read_window),
             options,
         })
     }

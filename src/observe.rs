@@ -52,6 +52,9 @@ pub(crate) mod name {
     /// Counter: history reads answered from the cache under a fresh
     /// confirmation, without a round trip.
     pub(crate) const READS_CACHED: &str = "provider.reads_answered_from_cache";
+    /// Counter: custom status calls answered with the status the instance's
+    /// last history read brought along, without a round trip.
+    pub(crate) const STATUSES_FROM_READS: &str = "provider.statuses_answered_from_reads";
     /// Counter: activity completions held for the other activities of
     /// their execution (`completion_batch_window`).
     pub(crate) const COMPLETIONS_HELD: &str = "provider.completions_held";
@@ -120,6 +123,10 @@ pub(crate) fn describe() {
         "History reads answered from the cache: the server had just confirmed it current"
     );
     describe_counter!(
+        name::STATUSES_FROM_READS,
+        "Custom status calls answered with the status the instance's last history read brought along"
+    );
+    describe_counter!(
         name::COMPLETIONS_HELD,
         "Activity completions held for the other activities of their execution"
     );
@@ -166,6 +173,12 @@ pub(crate) fn fetch_skipped(operation: &'static str) {
 /// `provider::history_cache`, "Confirmed reads").
 pub(crate) fn read_answered_locally() {
     metrics::counter!(name::READS_CACHED).increment(1);
+}
+
+/// Counts one custom status call answered from a read (see
+/// `provider::read_status`).
+pub(crate) fn status_answered_locally() {
+    metrics::counter!(name::STATUSES_FROM_READS).increment(1);
 }
 
 /// Counts one activity completion the server held for its siblings.

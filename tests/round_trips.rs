@@ -661,6 +661,133 @@ async fn a_read_after_a_claim_goes_to_the_server_unless_the_history_is_ours() {
     px.cleanup().await;
 }
 
+/// Commits the next turn of `instance` through `p`, setting its custom
+/// status to `status`.
+async fn set_custom_status(p: &PostgresProvider, instance: &str, id: u64, status: &str) {
+    use duroxide::{Event, EventKind};
+    p.enqueue_for_orchestrator(completion(instance, id), None)
+        .await
+        .expect("enqueue completion");
+    let (item, token, _) = p
+        .fetch_orchestration_item(LOCK, Duration::ZERO, None)
+        .await
+        .expect("fetch")
+        .expect("the completion's turn");
+    assert_eq!(item.instance, instance);
+    let next = item.history.last().map_or(1, |e| e.event_id + 1);
+    let update = Event::with_event_id(
+        next,
+        instance,
+        item.execution_id,
+        None,
+        EventKind::CustomStatusUpdated {
+            status: Some(status.to_owned()),
+        },
+    );
+    p.ack_orchestration_item(
+        &token,
+        item.execution_id,
+        vec![update],
+        vec![],
+        vec![],
+        Default::default(),
+        vec![],
+    )
+    .await
+    .expect("ack the status turn");
+}
+
+/// duroxide's status call (`Client::get_orchestration_status`, every poll of
+/// `wait_for_orchestration`) reads the history, then asks for the custom
+/// status: the read brings the status of the same snapshot along, so the
+/// poll is one round trip. The answer serves one status call, and writes
+/// through this provider in between are never missed.
+#[tokio::test]
+async fn a_status_poll_is_one_round_trip() {
+    // A window no test machine overruns between two calls.
+    let px = Proxied::with_options(Route::Direct, Duration::ZERO, |b| {
+        b.cached_read_window(Duration::from_secs(30))
+    })
+    .await;
+    let fresh = PostgresProvider::new_with_schema(&px.db.url, Some(&px.db.schema))
+        .await
+        .expect("a provider that holds nothing");
+    px.create_instance("i").await;
+    set_custom_status(px.p(), "i", 1, "one").await;
+    // Warm up both statements: the commit's confirmation answers the first
+    // read, the read's status the first status call.
+    for _ in 0..2 {
+        px.p().read("i").await.expect("read");
+        px.p().get_custom_status("i", 0).await.expect("status");
+    }
+    px.p().get_custom_status("i", 0).await.expect("status");
+
+    let poll = async {
+        let history = px.p().read("i").await.expect("read");
+        let status = px.p().get_custom_status("i", 0).await.expect("status");
+        (history, status)
+    };
+    let ((history, status), rt) = px.measure(poll).await;
+    assert_eq!(rt, 1, "a status poll is one round trip");
+    assert_eq!(history, fresh.read("i").await.expect("server's history"));
+    assert_eq!(status, Some((Some("one".to_owned()), 1)));
+    assert_eq!(
+        status,
+        fresh
+            .get_custom_status("i", 0)
+            .await
+            .expect("server's status")
+    );
+
+    // Used once: the next status call asks the server.
+    let (again, rt) = px.measure(px.p().get_custom_status("i", 0)).await;
+    assert_eq!(rt, 1, "the read's answer served one call");
+    assert_eq!(again.expect("status"), status);
+
+    // The version the caller has seen is honoured.
+    px.p().read("i").await.expect("read");
+    let (unchanged, rt) = px.measure(px.p().get_custom_status("i", 1)).await;
+    assert_eq!(rt, 0);
+    assert_eq!(unchanged.expect("status"), None, "nothing newer than 1");
+
+    // A turn committed through this provider after the read: its status.
+    px.p().read("i").await.expect("read");
+    set_custom_status(px.p(), "i", 2, "two").await;
+    let (after, rt) = px.measure(px.p().get_custom_status("i", 0)).await;
+    assert_eq!(rt, 1, "the commit dropped the read's answer");
+    assert_eq!(after.expect("status"), Some((Some("two".to_owned()), 2)));
+
+    // A deletion through this provider after the read: no status.
+    px.p().read("i").await.expect("read");
+    duroxide::providers::ProviderAdmin::delete_instance(px.p(), "i", true)
+        .await
+        .expect("delete");
+    let (gone, rt) = px.measure(px.p().get_custom_status("i", 0)).await;
+    assert_eq!(rt, 1, "the deletion dropped the read's answer");
+    assert_eq!(gone.expect("status"), None);
+
+    // An instance that does not exist: the read says so for the status too.
+    px.p().read("nobody").await.expect("read");
+    let (none, rt) = px.measure(px.p().get_custom_status("nobody", 0)).await;
+    assert_eq!(rt, 0);
+    assert_eq!(none.expect("status"), None);
+    drop(fresh);
+    px.cleanup().await;
+
+    // A zero window: the status call always asks the server.
+    let px = Proxied::with_options(Route::Direct, Duration::ZERO, |b| {
+        b.cached_read_window(Duration::ZERO)
+    })
+    .await;
+    px.create_instance("i").await;
+    px.p().get_custom_status("i", 0).await.expect("status");
+    px.p().read("i").await.expect("read");
+    let (status, rt) = px.measure(px.p().get_custom_status("i", 0)).await;
+    assert_eq!(rt, 1);
+    assert_eq!(status.expect("status"), None, "version 0: never set");
+    px.cleanup().await;
+}
+
 #[tokio::test]
 async fn cold_call_costs_more_than_warm_call() {
     let t = Proxied::new(Duration::ZERO).await;

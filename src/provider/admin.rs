@@ -342,16 +342,18 @@ async fn instance_tree(p: &PostgresProvider, root: &str) -> Result<InstanceTree>
 }
 
 /// Runs an instance deletion: no cached history confirmed before it ends
-/// answers a read (see `history_cache`, "Confirmed reads"), even if its
-/// future is dropped. Reads while it runs are concurrent with it.
+/// answers a read (see `history_cache`, "Confirmed reads"), and no custom
+/// status read before it ends answers a status call (see `read_status`),
+/// even if its future is dropped. Reads while it runs are concurrent with it.
 async fn deleting<T>(p: &PostgresProvider, delete: impl Future<Output = Result<T>>) -> Result<T> {
-    struct VoidOnDrop<'a>(&'a crate::provider::history_cache::HistoryCache);
+    struct VoidOnDrop<'a>(&'a PostgresProvider);
     impl Drop for VoidOnDrop<'_> {
         fn drop(&mut self) {
-            self.0.void_confirmations();
+            self.0.history_cache.void_confirmations();
+            self.0.read_status.changed_all();
         }
     }
-    let _after = VoidOnDrop(&p.history_cache);
+    let _after = VoidOnDrop(p);
     delete.await
 }
 

@@ -36,6 +36,7 @@ pub(crate) async fn read_latest(p: &PostgresProvider, instance: &str) -> Result<
         ),
         None => (None, None, None),
     };
+    let ticket = p.read_status.ticket(instance);
     let mut conn = p.db.lease(Budget::Call).await?;
     let doc: Value = select(dx_read_history(instance, execution_id, token, after))
         .one(&mut conn)
@@ -43,6 +44,15 @@ pub(crate) async fn read_latest(p: &PostgresProvider, instance: &str) -> Result<
     conn.finish().await?;
     let read = codec::from_json::<ReadHistory>(doc, "history")?;
     let events = codec::decode_history(read.events)?;
+    if let Some(version) = read.custom_status_version {
+        // duroxide's status call asks for the custom status next.
+        let status = version
+            .map(|v| {
+                numeric::from_bigint(v, "custom status version").map(|v| (read.custom_status, v))
+            })
+            .transpose()?;
+        p.read_status.offer(instance, ticket, status);
+    }
     match (read.base, held) {
         (None, _) => Ok(events),
         (Some(base), Some(held))

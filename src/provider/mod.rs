@@ -9,6 +9,7 @@ pub(crate) mod history_cache;
 pub(crate) mod listener;
 mod orchestrator;
 pub(crate) mod quiet;
+pub(crate) mod read_status;
 mod sessions;
 mod state;
 mod unclaimed;
@@ -390,6 +391,9 @@ impl Provider for PostgresProvider {
             &metadata,
             &cancelled_activities,
         );
+        // A turn may set the custom status: whatever its outcome, the
+        // status a read brought along is no answer once it has ended.
+        let _changed = instance_of_events(&history_delta).map(|i| self.read_status.changing(i));
         self.call(observed, self.unsettled_acks.attempt(lock_token, ack))
             .await
     }

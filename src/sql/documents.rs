@@ -182,6 +182,23 @@ pub(crate) struct ReadHistory {
     pub execution_id: u64,
     pub base: Option<u64>,
     pub events: Vec<Value>,
+    /// The instance's custom status in the same snapshot (migration
+    /// `000020`).
+    #[serde(default)]
+    pub custom_status: Option<String>,
+    /// Absent before migration `000020`; `Some(None)` when the instance
+    /// has no row.
+    #[serde(default, deserialize_with = "present")]
+    pub custom_status_version: Option<Option<i64>>,
+}
+
+/// A field that may be absent (`None`) or null (`Some(None)`).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// A locked activity from `dx_fetch_work`.

@@ -354,10 +354,12 @@ fn counter(name: &str) -> u64 {
 
 /// duroxide-diesel's count of history reads answered from its cache.
 const READS_CACHED: &str = "provider.reads_answered_from_cache";
+/// duroxide-diesel's count of status calls answered from a read.
+const STATUSES_FROM_READS: &str = "provider.statuses_answered_from_reads";
 
 /// One PostgreSQL provider alone with `track_functions = pl`: server time
 /// per stored function per completed orchestration, and for duroxide-diesel
-/// the history reads its cache answered.
+/// the history reads its cache answered and the status calls its reads did.
 async fn function_times(
     kind: Kind,
     url: &str,
@@ -382,11 +384,13 @@ async fn function_times(
         // The factory names the schema; remember which one this pass made.
         let before = schemas.lock().unwrap().len();
         let cached_before = counter(READS_CACHED);
+        let statuses_before = counter(STATUSES_FROM_READS);
         let r =
             run_parallel_orchestrations_test_with_config(&factory, stress_config(s.secs, *conc))
                 .await
                 .map_err(|e| format!("stress (function times): {e}"))?;
         let cached = counter(READS_CACHED) - cached_before;
+        let statuses = counter(STATUSES_FROM_READS) - statuses_before;
         let made: Vec<String> = schemas.lock().unwrap()[before..].to_vec();
         // Backends report their function statistics when they exit (the
         // pool closed with the provider) or within a second when idle.
@@ -445,9 +449,10 @@ async fn function_times(
                 .map_or(0, |f| f.calls);
             println!(
                 "history reads per orchestration: {} answered from the cache, {} sent \
-                 (dx_read_history calls)",
+                 (dx_read_history calls); status calls answered from a read: {}",
                 num(cached as f64 / n),
-                num(sent as f64 / n)
+                num(sent as f64 / n),
+                num(statuses as f64 / n)
             );
         }
         table(
