@@ -46,8 +46,8 @@ use duroxide::provider_stress_tests::{StressTestConfig, StressTestResult};
 use duroxide::providers::Provider;
 use duroxide::providers::sqlite::SqliteProvider;
 use duroxide_diesel_testkit::cpu::{self, Cpu};
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use duroxide_diesel_testkit::{db, pg, proxy::ProxyThread};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 
 type Res<T> = Result<T, String>;
 
@@ -338,18 +338,16 @@ fn snapshotter() -> &'static Snapshotter {
     })
 }
 
-/// Sum of the counter `name` over its labels, so far.
-fn counter(name: &str) -> u64 {
-    snapshotter()
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .filter(|(key, ..)| key.key().name() == name)
-        .map(|(.., value)| match value {
-            DebugValue::Counter(n) => n,
-            _ => 0,
-        })
-        .sum()
+/// Each counter's increments since the last call, summed over its labels
+/// (a snapshot of the debugging recorder drains every counter).
+fn drain_counters() -> std::collections::HashMap<String, u64> {
+    let mut out = std::collections::HashMap::new();
+    for (key, _, _, value) in snapshotter().snapshot().into_vec() {
+        if let DebugValue::Counter(n) = value {
+            *out.entry(key.key().name().to_owned()).or_insert(0) += n;
+        }
+    }
+    out
 }
 
 /// duroxide-diesel's count of history reads answered from its cache.
@@ -383,14 +381,14 @@ async fn function_times(
         );
         // The factory names the schema; remember which one this pass made.
         let before = schemas.lock().unwrap().len();
-        let cached_before = counter(READS_CACHED);
-        let statuses_before = counter(STATUSES_FROM_READS);
+        drain_counters();
         let r =
             run_parallel_orchestrations_test_with_config(&factory, stress_config(s.secs, *conc))
                 .await
                 .map_err(|e| format!("stress (function times): {e}"))?;
-        let cached = counter(READS_CACHED) - cached_before;
-        let statuses = counter(STATUSES_FROM_READS) - statuses_before;
+        let counted = drain_counters();
+        let cached = counted.get(READS_CACHED).copied().unwrap_or(0);
+        let statuses = counted.get(STATUSES_FROM_READS).copied().unwrap_or(0);
         let made: Vec<String> = schemas.lock().unwrap()[before..].to_vec();
         // Backends report their function statistics when they exit (the
         // pool closed with the provider) or within a second when idle.
@@ -618,10 +616,7 @@ async fn run() -> Res<()> {
         );
         // Failures of the other providers are theirs to explain and show
         // in the table; failures of this crate's provider fail the run.
-        if cells
-            .iter()
-            .any(|(_, k, c)| k.is_diesel() && c.failed > 0)
-        {
+        if cells.iter().any(|(_, k, c)| k.is_diesel() && c.failed > 0) {
             outcome = Err("duroxide-diesel orchestrations failed (see the tables)".to_owned());
         }
     }
