@@ -32,7 +32,10 @@
 //! A last pass runs each PostgreSQL provider alone with `track_functions = pl` and
 //! prints server time per stored function per orchestration
 //! (`pg_stat_user_functions`), kept apart so the timing overhead does not
-//! touch the comparison.
+//! touch the comparison. For duroxide-diesel that pass also counts the
+//! history reads and custom status calls answered without a round trip (its
+//! metrics counters, through a recorder installed when that pass starts,
+//! after every compared run).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
