@@ -16,11 +16,13 @@
 //! table also gives the median of each pair's ratio). At 0 completed both
 //! schemas are fresh, so that row shows the measurement's own noise. Each
 //! window's autovacuum runs, the tables autovacuum was seen working on, and
-//! its WAL bytes, full-page images and buffers read per orchestration (with
-//! the four tables or indexes read most) are printed as it ends. A third
-//! series runs a new provider and runtime on the aged schema (the aged ones
-//! stopped meanwhile), telling what the schema's age costs from what the
-//! process's does.
+//! its WAL bytes, full-page images, buffers read (with the four tables or
+//! indexes read most) and client and server CPU time (`/proc`: this process,
+//! and the postmaster with all its children), per orchestration, are
+//! printed as it ends. A third series runs a new provider and runtime on
+//! the aged schema (the aged ones stopped meanwhile), telling what the
+//! schema's age costs from what the process's does; its windows' costs are
+//! printed too.
 //!
 //! Autovacuum runs with the settings the migrations give the tables (see
 //! docs/operations.md) and the server's own settings, which are defaults

@@ -44,14 +44,19 @@ pub(crate) async fn read_latest(p: &PostgresProvider, instance: &str) -> Result<
     conn.finish().await?;
     let read = codec::from_json::<ReadHistory>(doc, "history")?;
     let events = codec::decode_history(read.events)?;
-    if let Some(version) = read.custom_status_version {
-        // duroxide's status call asks for the custom status next.
-        let status = version
-            .map(|v| {
-                numeric::from_bigint(v, "custom status version").map(|v| (read.custom_status, v))
-            })
-            .transpose()?;
-        p.read_status.offer(instance, ticket, status);
+    // duroxide's status call asks for the custom status next. A version
+    // that does not convert is left for that call to report: it fails
+    // that call, not this read.
+    match read.custom_status_version {
+        Some(None) => p.read_status.offer(instance, ticket, None),
+        Some(Some(v)) => {
+            if let Ok(v) = numeric::from_bigint(v, "custom status version") {
+                p.read_status
+                    .offer(instance, ticket, Some((read.custom_status, v)));
+            }
+        }
+        // Before migration 000020: no status came along.
+        None => {}
     }
     match (read.base, held) {
         (None, _) => Ok(events),
