@@ -171,8 +171,8 @@ impl Options {
         self.history_cache_events
     }
 
-    /// How long a confirmation of a cached history answers one read (zero:
-    /// never; see
+    /// How long a confirmation of a cached history answers one read, and a
+    /// read's custom status one status call (zero: never; see
     /// [`cached_read_window`](crate::PostgresProviderBuilder::cached_read_window)).
     pub fn cached_read_window(&self) -> Duration {
         self.cached_read_window

@@ -360,7 +360,8 @@ const STATUSES_FROM_READS: &str = "provider.statuses_answered_from_reads";
 
 /// One PostgreSQL provider alone with `track_functions = pl`: server time
 /// per stored function per completed orchestration, and for duroxide-diesel
-/// the history reads its cache answered and the status calls its reads did.
+/// the history reads its cache answered and the status calls its reads
+/// answered.
 async fn function_times(
     kind: Kind,
     url: &str,
