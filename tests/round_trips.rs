@@ -48,6 +48,15 @@ impl Proxied {
         Self::with(Route::Direct, delay).await
     }
 
+    /// Directly connected, answering reads and status calls from the
+    /// provider's cache within `window` (`cached_read_window`).
+    async fn with_read_window(window: Duration) -> Self {
+        Self::with_options(Route::Direct, Duration::ZERO, |b| {
+            b.cached_read_window(window)
+        })
+        .await
+    }
+
     /// The proxy sits between the pool and the server, or PgBouncer.
     async fn with(route: Route, delay: Duration) -> Self {
         Self::with_options(route, delay, |b| b).await
@@ -588,7 +597,7 @@ async fn a_read_right_after_an_activity_claim_sends_nothing() {
 /// read window: the read after it goes to the server and sees that turn.
 #[tokio::test]
 async fn a_read_after_a_claim_goes_to_the_server_unless_the_history_is_ours() {
-    use duroxide::{Event, EventKind};
+    use duroxide::EventKind;
     let px = Proxied::new(Duration::ZERO).await;
     let other = PostgresProvider::new_with_schema(&px.db.url, Some(&px.db.schema))
         .await
@@ -600,29 +609,7 @@ async fn a_read_after_a_claim_goes_to_the_server_unless_the_history_is_ours() {
     px.p().read("i").await.expect("warm-up read");
 
     // The other provider commits the instance's next turn.
-    px.p()
-        .enqueue_for_orchestrator(completion("i", 1), None)
-        .await
-        .expect("enqueue completion");
-    let (item, token, _) = other
-        .fetch_orchestration_item(LOCK, Duration::ZERO, None)
-        .await
-        .expect("fetch")
-        .expect("the completion's turn");
-    assert_eq!(item.instance, "i");
-    let added = Event::with_event_id(2, "i", 1, None, EventKind::TimerCreated { fire_at_ms: 7 });
-    other
-        .ack_orchestration_item(
-            &token,
-            1,
-            vec![added],
-            vec![],
-            vec![],
-            Default::default(),
-            vec![],
-        )
-        .await
-        .expect("ack the other provider's turn");
+    commit_next_turn(&other, "i", 1, EventKind::TimerCreated { fire_at_ms: 7 }).await;
 
     px.enqueue_activity("i", 2).await;
     let (_, rt) = px.measure(px.fetch_work()).await;
@@ -645,10 +632,7 @@ async fn a_read_after_a_claim_goes_to_the_server_unless_the_history_is_ours() {
     px.cleanup().await;
 
     // A zero window: every read goes to the server.
-    let px = Proxied::with_options(Route::Direct, Duration::ZERO, |b| {
-        b.cached_read_window(Duration::ZERO)
-    })
-    .await;
+    let px = Proxied::with_read_window(Duration::ZERO).await;
     px.create_instance("i").await;
     px.enqueue_activity("i", 1).await;
     px.enqueue_activity("i", 2).await;
@@ -661,10 +645,14 @@ async fn a_read_after_a_claim_goes_to_the_server_unless_the_history_is_ours() {
     px.cleanup().await;
 }
 
-/// Commits the next turn of `instance` through `p`, setting its custom
-/// status to `status`.
-async fn set_custom_status(p: &PostgresProvider, instance: &str, id: u64, status: &str) {
-    use duroxide::{Event, EventKind};
+/// Commits, through `p`, the turn of `instance` that takes completion `id`
+/// and records one event of `kind`.
+async fn commit_next_turn(
+    p: &PostgresProvider,
+    instance: &str,
+    id: u64,
+    kind: duroxide::EventKind,
+) {
     p.enqueue_for_orchestrator(completion(instance, id), None)
         .await
         .expect("enqueue completion");
@@ -675,26 +663,31 @@ async fn set_custom_status(p: &PostgresProvider, instance: &str, id: u64, status
         .expect("the completion's turn");
     assert_eq!(item.instance, instance);
     let next = item.history.last().map_or(1, |e| e.event_id + 1);
-    let update = Event::with_event_id(
-        next,
-        instance,
-        item.execution_id,
-        None,
-        EventKind::CustomStatusUpdated {
-            status: Some(status.to_owned()),
-        },
-    );
+    let event = duroxide::Event::with_event_id(next, instance, item.execution_id, None, kind);
     p.ack_orchestration_item(
         &token,
         item.execution_id,
-        vec![update],
+        vec![event],
         vec![],
         vec![],
         Default::default(),
         vec![],
     )
     .await
-    .expect("ack the status turn");
+    .expect("ack the turn");
+}
+
+/// Commits the next turn of `instance` through `p`, setting its custom
+/// status to `status`.
+async fn set_custom_status(p: &PostgresProvider, instance: &str, id: u64, status: &str) {
+    let status = Some(status.to_owned());
+    commit_next_turn(
+        p,
+        instance,
+        id,
+        duroxide::EventKind::CustomStatusUpdated { status },
+    )
+    .await;
 }
 
 /// duroxide's status call (`Client::get_orchestration_status`, every poll of
@@ -705,10 +698,7 @@ async fn set_custom_status(p: &PostgresProvider, instance: &str, id: u64, status
 #[tokio::test]
 async fn a_status_poll_is_one_round_trip() {
     // A window no test machine overruns between two calls.
-    let px = Proxied::with_options(Route::Direct, Duration::ZERO, |b| {
-        b.cached_read_window(Duration::from_secs(30))
-    })
-    .await;
+    let px = Proxied::with_read_window(Duration::from_secs(30)).await;
     let fresh = PostgresProvider::new_with_schema(&px.db.url, Some(&px.db.schema))
         .await
         .expect("a provider that holds nothing");
@@ -775,10 +765,7 @@ async fn a_status_poll_is_one_round_trip() {
     px.cleanup().await;
 
     // A zero window: the status call always asks the server.
-    let px = Proxied::with_options(Route::Direct, Duration::ZERO, |b| {
-        b.cached_read_window(Duration::ZERO)
-    })
-    .await;
+    let px = Proxied::with_read_window(Duration::ZERO).await;
     px.create_instance("i").await;
     px.p().get_custom_status("i", 0).await.expect("status");
     px.p().read("i").await.expect("read");

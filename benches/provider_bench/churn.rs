@@ -473,7 +473,7 @@ async fn curve(url: &str, cfg: &Config, total: usize, prune: bool) -> Res<Curve>
                     let renewed_tap = Tap::new(Arc::new(build_pg(url, &schema).await?));
                     let renewed_rt = start_runtime(&renewed_tap, options()).await;
                     let p = format!("n{point}-{w}-");
-                    let before = Costs::read(url, &schema, 0, postmaster).await;
+                    let before = Costs::read(url, &schema, renewed_tap.done_count(), postmaster).await;
                     let rate = steady_rate(&renewed_tap, cfg.stress_secs, &p).await;
                     let costs = Costs::read(url, &schema, renewed_tap.done_count(), postmaster)
                         .await

@@ -371,13 +371,14 @@ impl Provider for PostgresProvider {
         metadata: ExecutionMetadata,
         cancelled_activities: Vec<ScheduledActivityIdentifier>,
     ) -> Result<(), ProviderError> {
+        let instance = instance_of_events(&history_delta);
         let observed = observe!(
             "ack_orchestration_item",
             worker_items = worker_items.len(),
             orchestrator_items = orchestrator_items.len(),
             cancelled_activities = cancelled_activities.len(),
         )
-        .instance(instance_of_events(&history_delta))
+        .instance(instance)
         .execution(execution_id)
         .items(history_delta.len())
         .timed(observe::name::ACK_ORCHESTRATION_ITEM);
@@ -393,7 +394,7 @@ impl Provider for PostgresProvider {
         );
         // A turn may set the custom status: whatever its outcome, the
         // status a read brought along is no answer once it has ended.
-        let _changed = instance_of_events(&history_delta).map(|i| self.read_status.changing(i));
+        let _changed = instance.map(|i| self.read_status.changing(i));
         self.call(observed, self.unsettled_acks.attempt(lock_token, ack))
             .await
     }
