@@ -333,6 +333,28 @@ BEGIN
 END
 $function$;
 
+CREATE OR REPLACE FUNCTION duroxide.dx_ack_work_claim(p_token text, p_instance text, p_kind text, p_completion jsonb, p_hold_ms bigint, p_next_token text, p_lock_ms bigint, p_owner_id text, p_session_lock_ms bigint, p_tag_mode integer, p_tags text[], p_reader text)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ SET search_path TO 'duroxide'
+ SET jit TO 'off'
+AS $function$
+DECLARE
+    v_acked  INT;
+    v_commit TEXT;
+    v_next   JSONB;
+BEGIN
+    v_acked := dx_ack_work(p_token, p_instance, p_kind, p_completion, p_hold_ms);
+    IF v_acked OPERATOR(pg_catalog.>) 0 AND p_next_token IS NOT NULL THEN
+        v_commit := pg_catalog.current_setting('synchronous_commit'::TEXT);
+        v_next := dx_fetch_work(p_next_token, p_lock_ms, p_owner_id, p_session_lock_ms,
+                                p_tag_mode, p_tags, p_reader);
+        PERFORM pg_catalog.set_config('synchronous_commit'::TEXT, v_commit, true);
+    END IF;
+    RETURN pg_catalog.jsonb_build_object('acked'::TEXT, v_acked, 'next'::TEXT, v_next);
+END
+$function$;
+
 CREATE OR REPLACE FUNCTION duroxide.dx_delete_instance(p_instance text, p_force boolean)
  RETURNS jsonb
  LANGUAGE plpgsql

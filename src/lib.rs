@@ -53,7 +53,8 @@ pub use inspect::{ConnectionCount, InstanceQuery, InstanceSummary, QueueCounts, 
 pub use migrate::{MIGRATIONS, MigrationMode, grant_statements};
 pub use options::{
     DEFAULT_CACHED_READ_WINDOW, DEFAULT_COMPLETION_BATCH_WINDOW, DEFAULT_HISTORY_CACHE_EVENTS,
-    DEFAULT_SCHEMA, MAX_COMPLETION_BATCH_WINDOW, Options,
+    DEFAULT_NEXT_ACTIVITY_WINDOW, DEFAULT_SCHEMA, MAX_COMPLETION_BATCH_WINDOW,
+    MAX_NEXT_ACTIVITY_WINDOW, Options,
 };
 
 // The Rust examples of the README and the guides in docs/ compile as doctests.
@@ -143,6 +144,9 @@ pub struct PostgresProvider {
     /// Custom statuses history reads brought along (see
     /// `provider::read_status`).
     read_status: provider::read_status::ReadStatus,
+    /// Activities acknowledgements claimed for the next worker fetch (see
+    /// `provider::claimed_ahead`).
+    claimed_ahead: provider::claimed_ahead::ClaimedAhead,
 }
 
 impl std::fmt::Debug for PostgresProvider {
@@ -335,6 +339,27 @@ impl PostgresProviderBuilder {
         self
     }
 
+    /// How long an activity claimed by an acknowledgement waits for this
+    /// provider's next worker fetch (default
+    /// [`DEFAULT_NEXT_ACTIVITY_WINDOW`], 25 ms; `Duration::ZERO`: never
+    /// claim; at most [`MAX_NEXT_ACTIVITY_WINDOW`]).
+    ///
+    /// A busy duroxide worker fetches again right after it acknowledges an
+    /// activity. With a window, `ack_work_item` also claims the next
+    /// activity that worker's fetch would take (same tag filter, lock
+    /// timeout and session owner), in the acknowledgement's own statement
+    /// and transaction, and the worker's next `fetch_work_item` on this
+    /// provider gets it without a round trip. An activity nobody fetched
+    /// within the window is released at once (not counted as an attempt),
+    /// as is one whose acknowledgement's outcome is unknown; until then
+    /// other processes do not see it. Its lock counts from the claim, so a
+    /// worker that takes it holds it for up to the window less than its
+    /// lock timeout.
+    pub fn next_activity_window(mut self, window: Duration) -> Self {
+        self.options.next_activity_window = window;
+        self
+    }
+
     /// Server-side `statement_timeout` for every connection (default none);
     /// at most 2,147,483,647 ms (about 24.8 days), PostgreSQL's limit.
     pub fn statement_timeout(mut self, timeout: Duration) -> Self {
@@ -457,6 +482,7 @@ impl PostgresProviderBuilder {
                 options.cached_read_window,
             ),
             read_status: provider::read_status::ReadStatus::new(options.cached_read_window),
+            claimed_ahead: provider::claimed_ahead::ClaimedAhead::new(options.next_activity_window),
             options,
         })
     }

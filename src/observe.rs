@@ -58,6 +58,12 @@ pub(crate) mod name {
     /// Counter: activity completions held for the other activities of
     /// their execution (`completion_batch_window`).
     pub(crate) const COMPLETIONS_HELD: &str = "provider.completions_held";
+    /// Counter: worker fetches answered with the activity an acknowledgement
+    /// claimed for them (`next_activity_window`), without a round trip.
+    pub(crate) const CLAIMED_AHEAD_TAKEN: &str = "provider.activities_claimed_ahead";
+    /// Counter: activities an acknowledgement claimed that no fetch took
+    /// within `next_activity_window`, released again.
+    pub(crate) const CLAIMED_AHEAD_RELEASED: &str = "provider.activities_claimed_ahead_released";
     /// Gauge: pooled connections checked out.
     pub(crate) const POOL_IN_USE: &str = "provider.pool.connections_in_use";
     /// Gauge: pooled connections open and idle.
@@ -179,6 +185,17 @@ pub(crate) fn read_answered_locally() {
 /// `provider::read_status`).
 pub(crate) fn status_answered_locally() {
     metrics::counter!(name::STATUSES_FROM_READS).increment(1);
+}
+
+/// Counts one worker fetch answered by an activity claimed ahead (see
+/// `provider::claimed_ahead`).
+pub(crate) fn claimed_ahead_taken() {
+    metrics::counter!(name::CLAIMED_AHEAD_TAKEN).increment(1);
+}
+
+/// Counts one activity claimed ahead that no fetch took, released.
+pub(crate) fn claimed_ahead_released() {
+    metrics::counter!(name::CLAIMED_AHEAD_RELEASED).increment(1);
 }
 
 /// Counts one activity completion the server held for its siblings.

@@ -22,6 +22,12 @@ pub const DEFAULT_COMPLETION_BATCH_WINDOW: Duration = Duration::from_millis(10);
 /// Longest [`Options::completion_batch_window`] accepted.
 pub const MAX_COMPLETION_BATCH_WINDOW: Duration = Duration::from_secs(1);
 
+/// Default of [`Options::next_activity_window`].
+pub const DEFAULT_NEXT_ACTIVITY_WINDOW: Duration = Duration::from_millis(25);
+
+/// Longest [`Options::next_activity_window`] accepted.
+pub const MAX_NEXT_ACTIVITY_WINDOW: Duration = Duration::from_secs(1);
+
 /// Settings of a [`PostgresProvider`](crate::PostgresProvider); build one
 /// with [`PostgresProvider::builder`](crate::PostgresProvider::builder).
 #[derive(Clone)]
@@ -45,6 +51,7 @@ pub struct Options {
     pub(crate) history_cache_events: usize,
     pub(crate) cached_read_window: Duration,
     pub(crate) completion_batch_window: Duration,
+    pub(crate) next_activity_window: Duration,
 }
 
 impl std::fmt::Debug for Options {
@@ -68,6 +75,7 @@ impl std::fmt::Debug for Options {
             .field("history_cache_events", &self.history_cache_events)
             .field("cached_read_window", &self.cached_read_window)
             .field("completion_batch_window", &self.completion_batch_window)
+            .field("next_activity_window", &self.next_activity_window)
             .finish()
     }
 }
@@ -92,6 +100,7 @@ impl Default for Options {
             history_cache_events: DEFAULT_HISTORY_CACHE_EVENTS,
             cached_read_window: DEFAULT_CACHED_READ_WINDOW,
             completion_batch_window: DEFAULT_COMPLETION_BATCH_WINDOW,
+            next_activity_window: DEFAULT_NEXT_ACTIVITY_WINDOW,
         }
     }
 }
@@ -185,6 +194,14 @@ impl Options {
         self.completion_batch_window
     }
 
+    /// How long an activity an acknowledgement claimed waits for this
+    /// provider's next worker fetch (zero: acknowledgements claim nothing;
+    /// see
+    /// [`next_activity_window`](crate::PostgresProviderBuilder::next_activity_window)).
+    pub fn next_activity_window(&self) -> Duration {
+        self.next_activity_window
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
         validate_schema_name(&self.schema)?;
         if self.max_connections == 0 {
@@ -240,6 +257,13 @@ impl Options {
             return Err(Error::InvalidOption(format!(
                 "completion_batch_window must be at most {} ms: it delays orchestration turns",
                 MAX_COMPLETION_BATCH_WINDOW.as_millis()
+            )));
+        }
+        if self.next_activity_window > MAX_NEXT_ACTIVITY_WINDOW {
+            return Err(Error::InvalidOption(format!(
+                "next_activity_window must be at most {} ms: a claimed activity waits that long \
+                 for a worker that may not come",
+                MAX_NEXT_ACTIVITY_WINDOW.as_millis()
             )));
         }
         if let Some(name) = &self.application_name

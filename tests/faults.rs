@@ -599,6 +599,84 @@ async fn an_ack_whose_reply_was_lost_succeeds_when_retried() {
     db.cleanup().await;
 }
 
+/// An activity ack that also claimed the worker's next activity commits
+/// while its reply is lost: the ack's retry succeeds, and the claimed
+/// activity, which nobody learned of, is released at once (not counted as
+/// an attempt) instead of waiting out its lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_activity_claimed_by_an_ack_whose_reply_was_lost_is_released() {
+    let db = TestDb::new().await;
+    let direct = db.provider().await;
+    let proxy = Proxy::for_url(&db.url, Duration::ZERO).await.unwrap();
+    let p = PostgresProvider::builder(&proxy.url(&db.url))
+        .schema(&db.schema)
+        .call_timeout(Duration::from_millis(700))
+        .max_connections(1)
+        .build()
+        .await
+        .unwrap();
+    let lock = Duration::from_secs(60);
+    let fetch_work = || async {
+        p.fetch_work_item(lock, Duration::ZERO, None, &TagFilter::Any)
+            .await
+            .unwrap()
+            .expect("an activity")
+    };
+    for id in 1..=2 {
+        direct
+            .enqueue_for_worker(activity_item("claim-lost", id))
+            .await
+            .unwrap();
+    }
+    // Prepare the claiming ack on the pooled connection.
+    let (_, token, _) = fetch_work().await;
+    p.ack_work_item(&token, None).await.unwrap();
+    let (_, token, _) = fetch_work().await; // activity 2, claimed by that ack
+    direct
+        .enqueue_for_worker(activity_item("claim-lost", 3))
+        .await
+        .unwrap();
+
+    // The ack commits and claims activity 3 for 60 s; its reply is lost.
+    proxy.mute_replies();
+    p.ack_work_item(&token, None)
+        .await
+        .expect("the retried ack succeeds");
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM worker_queue WHERE activity_id = 2")
+            .await
+            .as_deref(),
+        Some("0"),
+        "activity 2 was acknowledged"
+    );
+    let started = Instant::now();
+    let released = loop {
+        if let Some(work) = direct
+            .fetch_work_item(lock, Duration::ZERO, None, &TagFilter::Any)
+            .await
+            .unwrap()
+        {
+            break work;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "activity 3 is released long before its 60 s lock ends"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (item, _, attempts) = released;
+    assert!(
+        matches!(
+            item,
+            duroxide::providers::WorkItem::ActivityExecute { id: 3, .. }
+        ),
+        "{item:?}"
+    );
+    assert_eq!(attempts, 1);
+    drop((p, direct));
+    db.cleanup().await;
+}
+
 /// A server that only reads (a standby, or a primary demoted during
 /// failover): writes fail, and the failure is retryable, since the next
 /// connection may reach the new primary.

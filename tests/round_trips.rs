@@ -592,6 +592,135 @@ async fn a_read_right_after_an_activity_claim_sends_nothing() {
     px.cleanup().await;
 }
 
+/// A busy worker fetches right after each acknowledgement: the ack claims
+/// that fetch's activity in its own round trip, and the fetch sends
+/// nothing. The next activity in queue order, not counted twice as an
+/// attempt; with `next_activity_window(0)` the fetch goes to the server.
+#[tokio::test]
+async fn a_fetch_right_after_an_ack_sends_nothing() {
+    let px = Proxied::new(Duration::ZERO).await;
+    px.create_instance("i").await;
+    for id in 1..=4 {
+        px.enqueue_activity("i", id).await;
+    }
+    // Warm up the fetch and the ack that claims.
+    let (_, token, _) = px.fetch_work().await;
+    px.p()
+        .ack_work_item(&token, Some(completion("i", 1)))
+        .await
+        .expect("warm ack");
+    for id in 2..=3 {
+        let ((item, token, attempts), rt) = px.measure(px.fetch_work()).await;
+        assert_eq!(rt, 0, "the fetch of activity {id} after an ack");
+        assert!(
+            matches!(item, WorkItem::ActivityExecute { id: got, .. } if got == id),
+            "queue order: {item:?}"
+        );
+        assert_eq!(attempts, 1, "a claim ahead is one attempt");
+        let (res, rt) = px
+            .measure(px.p().ack_work_item(&token, Some(completion("i", id))))
+            .await;
+        res.expect("ack");
+        assert_eq!(rt, 1, "an ack that claims the next activity");
+    }
+    // Activity 4 was claimed by the last ack: a fetch with another lock
+    // timeout (another runtime's) does not take it; this one does.
+    let other = px
+        .p()
+        .fetch_work_item(
+            Duration::from_secs(7),
+            Duration::ZERO,
+            None,
+            &TagFilter::DefaultOnly,
+        )
+        .await
+        .expect("fetch");
+    assert!(other.is_none(), "claimed for another fetch: {other:?}");
+    let ((item, token, _), rt) = px.measure(px.fetch_work()).await;
+    assert_eq!(rt, 0);
+    assert!(matches!(item, WorkItem::ActivityExecute { id: 4, .. }));
+    // Nothing left: the ack claims nothing and the next fetch asks.
+    px.p()
+        .ack_work_item(&token, Some(completion("i", 4)))
+        .await
+        .expect("ack");
+    px.enqueue_activity("i", 5).await;
+    let ((item, _, _), rt) = px.measure(px.fetch_work()).await;
+    assert_eq!(rt, 1, "nothing was claimed ahead");
+    assert!(matches!(item, WorkItem::ActivityExecute { id: 5, .. }));
+    px.cleanup().await;
+
+    let px = Proxied::with_options(Route::Direct, Duration::ZERO, |b| {
+        b.next_activity_window(Duration::ZERO)
+    })
+    .await;
+    px.create_instance("i").await;
+    for id in 1..=3 {
+        px.enqueue_activity("i", id).await;
+    }
+    let (_, token, _) = px.fetch_work().await;
+    px.p()
+        .ack_work_item(&token, Some(completion("i", 1)))
+        .await
+        .expect("warm ack");
+    let ((_, token, _), rt) = px.measure(px.fetch_work()).await;
+    assert_eq!(rt, 1, "without a window the fetch goes to the server");
+    let (res, rt) = px
+        .measure(px.p().ack_work_item(&token, Some(completion("i", 2))))
+        .await;
+    res.expect("ack");
+    assert_eq!(rt, 1);
+    let ((item, _, _), rt) = px.measure(px.fetch_work()).await;
+    assert_eq!(rt, 1);
+    assert!(matches!(item, WorkItem::ActivityExecute { id: 3, .. }));
+    px.cleanup().await;
+}
+
+/// An activity an ack claimed that no fetch of this provider takes within
+/// the window is released: another process fetches it, as a first attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_activity_claimed_ahead_and_not_taken_is_released() {
+    let px = Proxied::with_options(Route::Direct, Duration::ZERO, |b| {
+        b.next_activity_window(Duration::from_secs(1))
+    })
+    .await;
+    let other = PostgresProvider::new_with_schema(&px.db.url, Some(&px.db.schema))
+        .await
+        .expect("another provider");
+    px.create_instance("i").await;
+    px.enqueue_activity("i", 1).await;
+    px.enqueue_activity("i", 2).await;
+    let (_, token, _) = px.fetch_work().await;
+    px.p()
+        .ack_work_item(&token, Some(completion("i", 1)))
+        .await
+        .expect("ack that claims activity 2");
+    let now = other
+        .fetch_work_item(LOCK, Duration::ZERO, None, &TagFilter::DefaultOnly)
+        .await
+        .expect("fetch");
+    assert!(now.is_none(), "claimed by the ack: {now:?}");
+    // Not fetchable elsewhere until released. The release
+    // announces it, so the other provider's long poll wakes for it.
+    let fetched = other
+        .fetch_work_item(LOCK, Duration::from_secs(20), None, &TagFilter::DefaultOnly)
+        .await
+        .expect("fetch")
+        .expect("the activity is released within the poll");
+    let (item, _, attempts) = fetched;
+    assert!(matches!(item, WorkItem::ActivityExecute { id: 2, .. }));
+    assert_eq!(attempts, 1, "the release does not count an attempt");
+    // And this provider no longer holds it.
+    let mine = px
+        .p()
+        .fetch_work_item(LOCK, Duration::ZERO, None, &TagFilter::DefaultOnly)
+        .await
+        .expect("fetch");
+    assert!(mine.is_none(), "{mine:?}");
+    drop(other);
+    px.cleanup().await;
+}
+
 /// A claim confirms nothing when another provider committed the instance's
 /// last turn, or after a deletion through this provider, and with a zero
 /// read window: the read after it goes to the server and sees that turn.

@@ -540,9 +540,11 @@ async fn only_claims_commit_asynchronously_and_the_session_keeps_its_setting() {
     p.enqueue_for_orchestrator(start_item("async-claim"), None)
         .await
         .unwrap();
-    p.enqueue_for_worker(activity_item("async-claim", 1))
-        .await
-        .unwrap();
+    for id in 1..=2 {
+        p.enqueue_for_worker(activity_item("async-claim", id))
+            .await
+            .unwrap();
+    }
 
     let mut conn = AsyncPgConnection::establish(&db.url).await.unwrap();
     conn.batch_execute(&format!(
@@ -551,25 +553,34 @@ async fn only_claims_commit_asynchronously_and_the_session_keeps_its_setting() {
     ))
     .await
     .unwrap();
-    for (claim, what) in [
+    for (statement, what, expected) in [
         (
             "SELECT dx_fetch_orchestration('claim-o', 30000, NULL, NULL, NULL)",
             "orchestrator claim",
+            "off",
         ),
         (
             "SELECT dx_fetch_work('claim-w', 30000, NULL, 0, 0, NULL)",
             "worker claim",
+            "off",
         ),
         (
-            "SELECT dx_ack_work('claim-w', 'async-claim', 'ActivityCompleted', NULL)",
+            // Acknowledges activity 1 and claims activity 2.
+            "SELECT dx_ack_work_claim('claim-w', 'async-claim', 'ActivityCompleted', NULL, 0, \
+             'claim-w2', 30000, NULL, 0, 0, '{}', NULL)",
+            "activity ack that claims the next",
+            "on",
+        ),
+        (
+            "SELECT dx_ack_work('claim-w2', 'async-claim', 'ActivityCompleted', NULL)",
             "activity ack",
+            "on",
         ),
     ] {
         conn.batch_execute("BEGIN").await.unwrap();
-        conn.batch_execute(claim).await.unwrap();
+        conn.batch_execute(statement).await.unwrap();
         let inside = setting(&mut conn).await;
         conn.batch_execute("COMMIT").await.unwrap();
-        let expected = if what.ends_with("claim") { "off" } else { "on" };
         assert_eq!(
             inside, expected,
             "synchronous_commit in the {what}'s transaction"
@@ -592,7 +603,7 @@ async fn only_claims_commit_asynchronously_and_the_session_keeps_its_setting() {
     assert_eq!(
         left.as_deref(),
         Some("0"),
-        "the worker claim was acknowledged"
+        "both worker claims were acknowledged"
     );
     drop(p);
     db.cleanup().await;

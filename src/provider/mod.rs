@@ -2,6 +2,7 @@
 //! onto one module per queue or table.
 
 pub(crate) mod admin;
+pub(crate) mod claimed_ahead;
 pub(crate) mod codec;
 pub(crate) mod handoff;
 mod history;
@@ -470,6 +471,11 @@ impl Provider for PostgresProvider {
             // Orchestrator-only runtime: never any work, no query, no wait.
             return observed.run(async { Ok(None) }).await;
         }
+        let shape = claimed_ahead::ClaimedAhead::shape(tag_filter, lock_timeout, session);
+        // An activity the last acknowledgement claimed for this fetch.
+        if let Some(handed) = self.claimed_ahead.take(&shape) {
+            return observed.run(async { Ok(Some(handed)) }).await;
+        }
         // Session-bound items are never handed over, so any waiter may take
         // session-less ones whatever its session configuration.
         let inbox = Inbox {
@@ -480,11 +486,16 @@ impl Provider for PostgresProvider {
         };
         let op = observed.op();
         let fetch = self.long_poll(op, Queue::Worker, poll_timeout, Some(inbox), None, || {
-            self.fetch_claiming(Queue::Worker, |token| async move {
-                worker::fetch_once(self, &token, lock_timeout, session, tag_filter).await
+            self.fetch_claiming(Queue::Worker, |token| {
+                let shape = &shape;
+                async move { worker::fetch_once(self, &token, shape).await }
             })
         });
-        observed.run(fetch).await
+        let fetched = observed.run(fetch).await;
+        if let Ok(Some((_, token, _))) = &fetched {
+            self.claimed_ahead.fetched(token, shape);
+        }
+        fetched
     }
 
     async fn ack_work_item(
@@ -499,10 +510,18 @@ impl Provider for PostgresProvider {
         // connection, short enough not to hold a worker slot for long.
         let window = self.options.call_timeout * 3;
         let op = observed.op();
+        // The first attempt also claims this worker's next activity; a
+        // retry only acknowledges, so a claim can fail an ack once at most.
+        let next = std::sync::Mutex::new(self.claimed_ahead.acknowledging(token));
+        let completion = completion.as_ref();
         observed
             .run(self.retry_transient(op, window, || {
-                self.unsettled_acks
-                    .attempt(token, worker::ack(self, token, completion.as_ref()))
+                let shape = next.lock().unwrap_or_else(|e| e.into_inner()).take();
+                async move {
+                    self.unsettled_acks
+                        .attempt(token, worker::ack(self, token, completion, shape.as_ref()))
+                        .await
+                }
             }))
             .await
     }
@@ -549,6 +568,7 @@ impl Provider for PostgresProvider {
         delay: Option<Duration>,
         ignore_attempt: bool,
     ) -> Result<(), ProviderError> {
+        self.claimed_ahead.forget(token);
         self.call(
             observe!("abandon_work_item"),
             worker::abandon(self, token, delay, ignore_attempt),

@@ -6,17 +6,19 @@ use std::time::Duration;
 use diesel::dsl::select;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use duroxide::providers::{SessionFetchConfig, TagFilter, WorkItem};
+use duroxide::providers::{TagFilter, WorkItem};
 use duroxide::{AppErrorKind, ErrorDetails};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::claimed_ahead::Shape;
 use super::codec;
+use super::unclaimed::Claim;
 use crate::PostgresProvider;
 use crate::error::{Error, Result};
 use crate::numeric;
 use crate::pool::Budget;
-use crate::sql::documents::{ClaimedWork, Fetched};
+use crate::sql::documents::{AckClaimed, ClaimedWork, Fetched};
 use crate::sql::procedures::*;
 use crate::sql::reply::WholeReply;
 
@@ -39,31 +41,57 @@ fn tag_arguments(filter: &TagFilter) -> Option<(i32, Vec<String>)> {
     }
 }
 
-/// One round trip: lock the next matching activity.
+/// `dx_fetch_work`'s arguments but the token and the reader.
+struct FetchArgs {
+    lock_ms: i64,
+    owner: Option<String>,
+    session_lock_ms: i64,
+    tag_mode: i32,
+    tags: Vec<String>,
+}
+
+impl FetchArgs {
+    /// The arguments of a fetch with `shape`; None when its filter matches
+    /// nothing.
+    fn of(shape: &Shape) -> Result<Option<Self>> {
+        let Some((tag_mode, tags)) = tag_arguments(&shape.filter) else {
+            return Ok(None);
+        };
+        let (owner, session_lock_ms) = match &shape.session {
+            Some((owner, lock)) => (
+                Some(owner.clone()),
+                numeric::duration_ms(*lock, "session lock timeout")?,
+            ),
+            None => (None, 0),
+        };
+        Ok(Some(Self {
+            lock_ms: numeric::duration_ms(shape.lock_timeout, "lock timeout")?,
+            owner,
+            session_lock_ms,
+            tag_mode,
+            tags,
+        }))
+    }
+}
+
+/// One round trip: lock the next activity a fetch with `shape` may take.
 pub(crate) async fn fetch_once(
     p: &PostgresProvider,
     token: &str,
-    lock_timeout: Duration,
-    session: Option<&SessionFetchConfig>,
-    tag_filter: &TagFilter,
+    shape: &Shape,
 ) -> Result<Fetched<Claimed>> {
-    let Some((tag_mode, tags)) = tag_arguments(tag_filter) else {
+    let Some(args) = FetchArgs::of(shape)? else {
         return Ok(Fetched::Idle { retry_ms: None });
-    };
-    let owner = session.map(|s| s.owner_id.clone());
-    let session_lock_ms = match session {
-        Some(s) => numeric::duration_ms(s.lock_timeout, "session lock timeout")?,
-        None => 0,
     };
     let sent = p.history_cache.epoch();
     let mut conn = p.db.lease(Budget::Call).await?;
     let doc: Value = select(dx_fetch_work(
         token,
-        numeric::duration_ms(lock_timeout, "lock timeout")?,
-        owner,
-        session_lock_ms,
-        tag_mode,
-        tags,
+        args.lock_ms,
+        args.owner,
+        args.session_lock_ms,
+        args.tag_mode,
+        args.tags,
         p.history_cache.reader(),
     ))
     .one(&mut conn)
@@ -157,7 +185,7 @@ async fn stand_in(p: &PostgresProvider, c: ClaimedWork, error: String) -> Result
             work_item = %c.item,
             "deleting an undecodable worker queue row that names no activity to fail"
         );
-        match ack(p, &c.lock_token, None).await {
+        match ack(p, &c.lock_token, None, None).await {
             Ok(()) | Err(Error::LockLost) => {}
             Err(e) => return Err(e),
         }
@@ -187,7 +215,10 @@ async fn stand_in(p: &PostgresProvider, c: ClaimedWork, error: String) -> Result
     })
 }
 
-/// One round trip: delete the activity and enqueue its completion.
+/// One round trip: delete the activity and enqueue its completion; with
+/// `next` (the shape of the fetch that handed out `token`), also claim the
+/// activity that worker's next fetch would take and keep it for that fetch
+/// (see `provider::claimed_ahead`).
 ///
 /// An outcome PostgreSQL cannot store (U+0000 in the result or the error)
 /// is replaced by a failure of the activity that says so. Refusing the ack
@@ -198,6 +229,7 @@ pub(crate) async fn ack(
     p: &PostgresProvider,
     token: &str,
     completion: Option<&WorkItem>,
+    next: Option<&Shape>,
 ) -> Result<()> {
     let (instance, kind, doc) = match completion {
         None => (None, None, None),
@@ -216,13 +248,63 @@ pub(crate) async fn ack(
             (Some(instance), Some(codec::kind_of(&doc)?), Some(doc))
         }
     };
-    let mut conn = p.db.lease(Budget::Call).await?;
     let hold_ms =
         crate::numeric::duration_ms(p.options.completion_batch_window, "completion_batch_window")?;
-    let outcome: i32 = select(dx_ack_work(token, instance, kind, doc, hold_ms))
-        .one(&mut conn)
-        .await?;
+    let next = match next {
+        Some(shape) => FetchArgs::of(shape)?.map(|args| (shape, args)),
+        None => None,
+    };
+    let Some((shape, args)) = next else {
+        let mut conn = p.db.lease(Budget::Call).await?;
+        let outcome: i32 = select(dx_ack_work(token, instance, kind, doc, hold_ms))
+            .one(&mut conn)
+            .await?;
+        conn.finish().await?;
+        return ack_outcome(outcome);
+    };
+    // The next activity's token is chosen here: unless the answer says what
+    // became of it, its lock is released when `claim` is dropped.
+    let claim = Claim::handoff(&p.db);
+    let sent = p.history_cache.epoch();
+    let mut conn = p.db.lease(Budget::Call).await?;
+    let doc: Value = select(dx_ack_work_claim(
+        token,
+        instance,
+        kind,
+        doc,
+        hold_ms,
+        Some(claim.token()),
+        args.lock_ms,
+        args.owner,
+        args.session_lock_ms,
+        args.tag_mode,
+        args.tags,
+        p.history_cache.reader(),
+    ))
+    .one(&mut conn)
+    .await?;
     conn.finish().await?;
+    let answer = codec::from_json::<AckClaimed>(doc, "ack result")?;
+    match answer.next {
+        Some(Fetched::Claimed { item: c, .. }) => match decode_activity(&c.item) {
+            Ok(item) => {
+                if let Some(stamp) = &c.history {
+                    p.history_cache.confirm(stamp, sent);
+                }
+                p.claimed_ahead
+                    .hold(shape.clone(), item, c.attempt_count, claim);
+            }
+            // Released when `claim` drops: a fetch takes it and, as for any
+            // row that does not decode, hands the runtime a stand-in.
+            Err(_) => drop(claim),
+        },
+        _ => claim.settled(),
+    }
+    ack_outcome(answer.acked)
+}
+
+/// What `dx_ack_work`'s answer means.
+fn ack_outcome(outcome: i32) -> Result<()> {
     match outcome {
         0 => Err(Error::LockLost),
         1 => Ok(()),

@@ -132,6 +132,15 @@ pub(crate) enum Fetched<T> {
     },
 }
 
+/// Result of `dx_ack_work_claim`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct AckClaimed {
+    /// `dx_ack_work`'s answer: 0 lock gone, 1 done, 2 done and held.
+    pub acked: i32,
+    /// The claim's answer; None when none was tried.
+    pub next: Option<Fetched<ClaimedWork>>,
+}
+
 /// The rest of the queue after a claim (migration `000015_claim_outlook`),
 /// as an idle fetch would have answered.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]

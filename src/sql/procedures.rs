@@ -120,6 +120,27 @@ define_sql_function! {
 }
 
 define_sql_function! {
+    /// `dx_ack_work`, then, if it found its lock and `next_token` is given,
+    /// `dx_fetch_work` under `next_token` in the same transaction (migration
+    /// `000021_ack_then_claim`): an [`AckClaimed`](super::documents::AckClaimed).
+    #[allow(clippy::too_many_arguments)]
+    fn dx_ack_work_claim(
+        token: Text,
+        instance: Nullable<Text>,
+        kind: Nullable<Text>,
+        completion: Nullable<Jsonb>,
+        hold_ms: BigInt,
+        next_token: Nullable<Text>,
+        lock_ms: BigInt,
+        owner_id: Nullable<Text>,
+        session_lock_ms: BigInt,
+        tag_mode: Integer,
+        tags: Array<Text>,
+        reader: Nullable<Text>,
+    ) -> Jsonb;
+}
+
+define_sql_function! {
     /// Extend an activity lock; false if the row is gone or the lock expired.
     fn dx_renew_work_lock(token: Text, extend_ms: BigInt) -> Bool;
 }
