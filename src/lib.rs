@@ -345,16 +345,19 @@ impl PostgresProviderBuilder {
     /// claim; at most [`MAX_NEXT_ACTIVITY_WINDOW`]).
     ///
     /// A busy duroxide worker fetches again right after it acknowledges an
-    /// activity. With a window, `ack_work_item` also claims the next
-    /// activity that worker's fetch would take (same tag filter, lock
-    /// timeout and session owner), in the acknowledgement's own statement
-    /// and transaction, and the worker's next `fetch_work_item` on this
-    /// provider gets it without a round trip. An activity nobody fetched
-    /// within the window is released at once (not counted as an attempt),
-    /// as is one whose acknowledgement's outcome is unknown; until then
-    /// other processes do not see it. Its lock counts from the claim, so a
-    /// worker that takes it holds it for up to the window less than its
-    /// lock timeout.
+    /// activity. With a window, `ack_work_item` of a session-less activity
+    /// also claims the activity that worker's next fetch would take (same
+    /// tag filter, lock timeout and session owner), in the
+    /// acknowledgement's own statement and transaction, and the next
+    /// `fetch_work_item` on this provider with that lock timeout, a filter
+    /// that accepts it and, for a session-bound activity, the same session
+    /// owner gets it without a round trip. An activity nobody fetched within the window (or a
+    /// quarter of its lock timeout, if shorter) is released at once (not
+    /// counted as an attempt), as is one whose acknowledgement's outcome is
+    /// unknown and every one waiting when the provider is dropped; until
+    /// then other processes do not see it. Its lock counts from the claim,
+    /// so a worker that takes it holds it for up to the window less than
+    /// its lock timeout.
     pub fn next_activity_window(mut self, window: Duration) -> Self {
         self.options.next_activity_window = window;
         self

@@ -676,6 +676,67 @@ async fn a_fetch_right_after_an_ack_sends_nothing() {
     px.cleanup().await;
 }
 
+/// With sessions: the ack of a session-less activity claims exactly what
+/// the worker's fetch would take, a session-bound activity included (queue
+/// order kept), and only a fetch of the same session owner takes that one;
+/// the ack of a session-bound activity claims nothing.
+#[tokio::test]
+async fn claims_ahead_keep_queue_order_and_session_owners() {
+    use common::items::with_session_and_tag;
+    use duroxide::providers::SessionFetchConfig;
+    let px = Proxied::new(Duration::ZERO).await;
+    px.create_instance("i").await;
+    for (id, session) in [(1, None), (2, Some("s")), (3, None), (4, Some("s"))] {
+        px.p()
+            .enqueue_for_worker(with_session_and_tag(activity("i", id), session, None))
+            .await
+            .expect("enqueue");
+    }
+    let owner = |id: &str| SessionFetchConfig {
+        owner_id: id.to_owned(),
+        lock_timeout: LOCK,
+    };
+    let (a, b) = (owner("worker-a"), owner("worker-b"));
+    let p = px.p();
+    let fetch = |config: &SessionFetchConfig| {
+        let config = config.clone();
+        async move {
+            p.fetch_work_item(LOCK, Duration::ZERO, Some(&config), &TagFilter::DefaultOnly)
+                .await
+                .expect("fetch")
+                .expect("an activity")
+        }
+    };
+    let id_of = |item: &WorkItem| match item {
+        WorkItem::ActivityExecute { id, .. } => *id,
+        other => panic!("unexpected {other:?}"),
+    };
+    let (item, token1, _) = fetch(&a).await;
+    assert_eq!(id_of(&item), 1);
+    px.p()
+        .ack_work_item(&token1, Some(completion("i", 1)))
+        .await
+        .expect("ack 1, which claims 2 for worker-a");
+    // Another owner's fetch does not take activity 2; the server gives it 3.
+    let ((item, token3, _), rt) = px.measure(fetch(&b)).await;
+    assert_eq!((id_of(&item), rt), (3, 1));
+    let ((item, token2, _), rt) = px.measure(fetch(&a)).await;
+    assert_eq!((id_of(&item), rt), (2, 0), "claimed ahead for worker-a");
+    // Acks of a session-bound activity claim nothing; worker-b's ack of 3
+    // finds nothing it may take (4's session is worker-a's).
+    px.p()
+        .ack_work_item(&token2, Some(completion("i", 2)))
+        .await
+        .expect("ack 2");
+    px.p()
+        .ack_work_item(&token3, Some(completion("i", 3)))
+        .await
+        .expect("ack 3");
+    let ((item, _, attempts), rt) = px.measure(fetch(&a)).await;
+    assert_eq!((id_of(&item), rt, attempts), (4, 1, 1));
+    px.cleanup().await;
+}
+
 /// An activity an ack claimed that no fetch of this provider takes within
 /// the window is released: another process fetches it, as a first attempt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

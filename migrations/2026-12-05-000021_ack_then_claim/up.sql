@@ -4,9 +4,15 @@
 -- trips and two transactions per activity. `dx_ack_work_claim` runs the
 -- acknowledgement (`dx_ack_work`, unchanged) and then, if it found its lock
 -- and the caller passed a token, the claim of a worker fetch
--- (`dx_fetch_work`, unchanged) with that worker's session owner, in the same
--- transaction. The provider keeps the claimed activity for its next worker
--- fetch and releases it when none comes soon enough.
+-- (`dx_fetch_work`, unchanged) with that worker's arguments, in the same
+-- transaction, so the claim takes what the fetch would have taken. The
+-- provider keeps the claimed activity for its next worker fetch and releases
+-- it when none comes soon enough.
+--
+-- The provider asks for a claim only when the acknowledged activity is
+-- session-less: its acknowledgement then locks no session row, and the
+-- claim locks one at most, so this transaction never waits for a second
+-- session row while holding a first.
 --
 -- The claim's asynchronous commit (migration 000011) must not apply to the
 -- acknowledgement, which is a completion: the transaction's commit setting is

@@ -325,6 +325,7 @@ struct Inbox<'a, T> {
 
 impl Drop for PostgresProvider {
     fn drop(&mut self) {
+        self.claimed_ahead.release_all();
         if let Some(w) = self.wakeups.get() {
             w.stop();
         }
@@ -492,8 +493,8 @@ impl Provider for PostgresProvider {
             })
         });
         let fetched = observed.run(fetch).await;
-        if let Ok(Some((_, token, _))) = &fetched {
-            self.claimed_ahead.fetched(token, shape);
+        if let Ok(Some((item, token, _))) = &fetched {
+            self.claimed_ahead.fetched(token, item, shape);
         }
         fetched
     }

@@ -266,6 +266,7 @@ pub(crate) async fn ack(
     // became of it, its lock is released when `claim` is dropped.
     let claim = Claim::handoff(&p.db);
     let sent = p.history_cache.epoch();
+    let sent_at = tokio::time::Instant::now();
     let mut conn = p.db.lease(Budget::Call).await?;
     let doc: Value = select(dx_ack_work_claim(
         token,
@@ -292,7 +293,7 @@ pub(crate) async fn ack(
                     p.history_cache.confirm(stamp, sent);
                 }
                 p.claimed_ahead
-                    .hold(shape.clone(), item, c.attempt_count, claim);
+                    .hold(shape.clone(), sent_at, item, c.attempt_count, claim);
             }
             // Released when `claim` drops: a fetch takes it and, as for any
             // row that does not decode, hands the runtime a stand-in.

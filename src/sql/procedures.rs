@@ -122,7 +122,8 @@ define_sql_function! {
 define_sql_function! {
     /// `dx_ack_work`, then, if it found its lock and `next_token` is given,
     /// `dx_fetch_work` under `next_token` in the same transaction (migration
-    /// `000021_ack_then_claim`): an [`AckClaimed`](super::documents::AckClaimed).
+    /// `000021_ack_then_claim`; for session-less acknowledged activities
+    /// only): an [`AckClaimed`](super::documents::AckClaimed).
     #[allow(clippy::too_many_arguments)]
     fn dx_ack_work_claim(
         token: Text,

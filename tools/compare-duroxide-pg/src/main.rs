@@ -14,11 +14,12 @@
 //! (one-way delays in ms added by the proxy, default `0,0.5,2`; 0 means a
 //! direct connection), `COMPARE_CONC` (orch:worker concurrencies, default
 //! `1:1,2:2`), `COMPARE_PROVIDERS` (any of
-//! `diesel,diesel-unbatched,diesel-batched,pg,sqlite-file,sqlite-memory`,
+//! `diesel,diesel-unbatched,diesel-batched,diesel-no-ahead,pg,sqlite-file,sqlite-memory`,
 //! default all; the SQLite ones run only without added delay; `diesel` is
 //! duroxide-diesel with its defaults, `diesel-unbatched` with a zero
 //! `completion_batch_window`, `diesel-batched` with the window set to
-//! `COMPARE_BATCH_MS`, default 10, the default window), `DATABASE_URL`
+//! `COMPARE_BATCH_MS`, default 10, the default window, `diesel-no-ahead`
+//! with a zero `next_activity_window`), `DATABASE_URL`
 //! (otherwise the benchmark's throwaway cluster,
 //! see the testkit), `RUST_LOG`.
 //!
@@ -63,6 +64,9 @@ enum Kind {
     DieselUnbatched,
     /// duroxide-diesel with a `completion_batch_window` of `COMPARE_BATCH_MS`.
     DieselBatched,
+    /// duroxide-diesel without a `next_activity_window`: every worker fetch
+    /// goes to the server.
+    DieselNoAhead,
     DuroxidePg,
     SqliteFile,
     SqliteMemory,
@@ -74,6 +78,7 @@ impl Kind {
             Kind::Diesel => "duroxide-diesel",
             Kind::DieselUnbatched => "duroxide-diesel, no batch window",
             Kind::DieselBatched => "duroxide-diesel, batched completions",
+            Kind::DieselNoAhead => "duroxide-diesel, no next-activity window",
             Kind::DuroxidePg => "duroxide-pg 0.1.38",
             Kind::SqliteFile => "SQLite file (duroxide)",
             Kind::SqliteMemory => "SQLite in memory (duroxide)",
@@ -86,6 +91,7 @@ impl Kind {
             Kind::Diesel => "diesel",
             Kind::DieselUnbatched => "diesel-unbatched",
             Kind::DieselBatched => "diesel-batched",
+            Kind::DieselNoAhead => "diesel-no-ahead",
             Kind::DuroxidePg => "pg",
             Kind::SqliteFile => "sqlite-file",
             Kind::SqliteMemory => "sqlite-memory",
@@ -100,7 +106,7 @@ impl Kind {
     fn is_diesel(self) -> bool {
         matches!(
             self,
-            Kind::Diesel | Kind::DieselUnbatched | Kind::DieselBatched
+            Kind::Diesel | Kind::DieselUnbatched | Kind::DieselBatched | Kind::DieselNoAhead
         )
     }
 }
@@ -144,6 +150,17 @@ impl ProviderStressFactory for Factory {
                         .build()
                         .await
                         .unwrap_or_else(|e| panic!("duroxide-diesel ({window:?}) on {s}: {e}")),
+                )
+            }
+            Kind::DieselNoAhead => {
+                let s = schema("dxcmp_n");
+                Arc::new(
+                    duroxide_diesel::PostgresProvider::builder(&self.url)
+                        .schema(&s)
+                        .next_activity_window(Duration::ZERO)
+                        .build()
+                        .await
+                        .unwrap_or_else(|e| panic!("duroxide-diesel (no window) on {s}: {e}")),
                 )
             }
             Kind::DuroxidePg => {
@@ -279,13 +296,14 @@ impl Settings {
             Kind::Diesel,
             Kind::DieselUnbatched,
             Kind::DieselBatched,
+            Kind::DieselNoAhead,
             Kind::DuroxidePg,
             Kind::SqliteFile,
             Kind::SqliteMemory,
         ];
         let providers = var(
             "COMPARE_PROVIDERS",
-            "diesel,diesel-unbatched,diesel-batched,pg,sqlite-file,sqlite-memory",
+            "diesel,diesel-unbatched,diesel-batched,diesel-no-ahead,pg,sqlite-file,sqlite-memory",
         )
         .split(',')
         .map(|p| {
@@ -357,11 +375,16 @@ fn drain_counters() -> std::collections::HashMap<String, u64> {
 const READS_CACHED: &str = "provider.reads_answered_from_cache";
 /// duroxide-diesel's count of status calls answered from a read.
 const STATUSES_FROM_READS: &str = "provider.statuses_answered_from_reads";
+/// duroxide-diesel's count of worker fetches answered by an activity the
+/// previous ack claimed.
+const CLAIMED_AHEAD: &str = "provider.activities_claimed_ahead";
+/// duroxide-diesel's count of activities an ack claimed that no fetch took.
+const CLAIMED_AHEAD_RELEASED: &str = "provider.activities_claimed_ahead_released";
 
 /// One PostgreSQL provider alone with `track_functions = pl`: server time
 /// per stored function per completed orchestration, and for duroxide-diesel
-/// the history reads its cache answered and the status calls its reads
-/// answered.
+/// the history reads its cache answered, the status calls its reads
+/// answered and the worker fetches its acks answered.
 async fn function_times(
     kind: Kind,
     url: &str,
@@ -393,6 +416,8 @@ async fn function_times(
         let counted = drain_counters();
         let cached = counted.get(READS_CACHED).copied().unwrap_or(0);
         let statuses = counted.get(STATUSES_FROM_READS).copied().unwrap_or(0);
+        let ahead = counted.get(CLAIMED_AHEAD).copied().unwrap_or(0);
+        let released = counted.get(CLAIMED_AHEAD_RELEASED).copied().unwrap_or(0);
         let made: Vec<String> = schemas.lock().unwrap()[before..].to_vec();
         // Backends report their function statistics when they exit (the
         // pool closed with the provider) or within a second when idle.
@@ -455,6 +480,12 @@ async fn function_times(
                 num(cached as f64 / n),
                 num(sent as f64 / n),
                 num(statuses as f64 / n)
+            );
+            println!(
+                "worker fetches per orchestration answered by the ack before them: {}; \
+                 activities claimed by an ack and released unused: {}",
+                num(ahead as f64 / n),
+                num(released as f64 / n)
             );
         }
         table(
@@ -629,6 +660,7 @@ async fn run() -> Res<()> {
             Kind::Diesel,
             Kind::DieselUnbatched,
             Kind::DieselBatched,
+            Kind::DieselNoAhead,
             Kind::DuroxidePg,
         ] {
             if s.providers.contains(&kind) {
