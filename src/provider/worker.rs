@@ -267,24 +267,36 @@ pub(crate) async fn ack(
     let claim = Claim::handoff(&p.db);
     let sent = p.history_cache.epoch();
     let sent_at = tokio::time::Instant::now();
-    let mut conn = p.db.lease(Budget::Call).await?;
-    let doc: Value = select(dx_ack_work_claim(
-        token,
-        instance,
-        kind,
-        doc,
-        hold_ms,
-        Some(claim.token()),
-        args.lock_ms,
-        args.owner,
-        args.session_lock_ms,
-        args.tag_mode,
-        args.tags,
-        p.history_cache.reader(),
-    ))
-    .one(&mut conn)
-    .await?;
-    conn.finish().await?;
+    let sent_doc = async {
+        let mut conn = p.db.lease(Budget::Call).await?;
+        let doc: Value = select(dx_ack_work_claim(
+            token,
+            instance,
+            kind,
+            doc,
+            hold_ms,
+            Some(claim.token()),
+            args.lock_ms,
+            args.owner,
+            args.session_lock_ms,
+            args.tag_mode,
+            args.tags,
+            p.history_cache.reader(),
+        ))
+        .one(&mut conn)
+        .await?;
+        conn.finish().await?;
+        Ok::<_, Error>(doc)
+    };
+    let doc = match sent_doc.await {
+        Ok(doc) => doc,
+        Err(e) => {
+            if e.is_before_send() {
+                claim.settled(); // nothing was sent, nothing to release
+            }
+            return Err(e);
+        }
+    };
     let answer = codec::from_json::<AckClaimed>(doc, "ack result")?;
     match answer.next {
         Some(Fetched::Claimed { item: c, .. }) => match decode_activity(&c.item) {
