@@ -384,3 +384,101 @@ async fn cancelling_an_orchestration_cancels_its_running_activity() {
 
     teardown(vec![rt], client, provider, db).await;
 }
+
+/// A worker runtime that stops right after an activity's ack has claimed
+/// its next activity ahead: that activity is released within the claim's
+/// window, so another process's runtime finishes the orchestration long
+/// before the stopped runtime's 60 s activity lock would have expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_worker_leaves_no_activity_claimed_ahead_behind() {
+    use std::time::Instant;
+    use tokio::sync::{Notify, mpsc};
+
+    let (db, provider, client) = setup().await;
+    let (started_tx, mut started) = mpsc::unbounded_channel::<()>();
+    let go = Arc::new(Notify::new());
+    let activities = {
+        let go = go.clone();
+        ActivityRegistry::builder()
+            .register("Step", move |_c: ActivityContext, n: String| {
+                let (started_tx, go) = (started_tx.clone(), go.clone());
+                async move {
+                    if n == "0" {
+                        // The first step holds its worker until the runtime is stopping.
+                        let _ = started_tx.send(());
+                        go.notified().await;
+                    }
+                    Ok(n)
+                }
+            })
+            .build()
+    };
+    let orchestrations = || {
+        OrchestrationRegistry::builder()
+            .register(
+                "FanOut",
+                |ctx: OrchestrationContext, _: String| async move {
+                    let steps: Vec<_> = (0..4)
+                        .map(|i| ctx.schedule_activity("Step", i.to_string()))
+                        .collect();
+                    let done = ctx.join(steps).await;
+                    Ok(done.len().to_string())
+                },
+            )
+            .build()
+    };
+    let options = || RuntimeOptions {
+        worker_concurrency: 1,
+        orchestration_concurrency: 1,
+        worker_lock_timeout: Duration::from_secs(60),
+        ..fast_options()
+    };
+    let first = runtime::Runtime::start_with_options(
+        provider.clone(),
+        activities.clone(),
+        orchestrations(),
+        options(),
+    )
+    .await;
+    client
+        .start_orchestration("fan-out", "FanOut", "")
+        .await
+        .unwrap();
+    started.recv().await.expect("the first step started");
+    // Stop the runtime; its worker finishes the running step, acks it (the
+    // ack claims the next step ahead) and fetches no more.
+    let stopping = tokio::spawn(first.shutdown(Some(10_000)));
+    tokio::task::yield_now().await;
+    go.notify_one();
+    stopping.await.unwrap();
+
+    // Another process takes over.
+    let other = Arc::new(
+        PostgresProvider::new_with_schema(&db.url, Some(&db.schema))
+            .await
+            .unwrap(),
+    );
+    let second = runtime::Runtime::start_with_options(
+        other.clone(),
+        activities,
+        orchestrations(),
+        options(),
+    )
+    .await;
+    let taken_over = Instant::now();
+    match client
+        .wait_for_orchestration("fan-out", Duration::from_secs(20))
+        .await
+        .expect("wait")
+    {
+        OrchestrationStatus::Completed { output, .. } => assert_eq!(output, "4"),
+        other => panic!("fan-out did not complete: {other:?}"),
+    }
+    assert!(
+        taken_over.elapsed() < Duration::from_secs(20),
+        "no step waited out the stopped runtime's lock"
+    );
+    second.shutdown(None).await;
+    drop(other);
+    teardown(vec![], client, provider, db).await;
+}
