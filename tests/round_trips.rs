@@ -737,6 +737,54 @@ async fn claims_ahead_keep_queue_order_and_session_owners() {
     px.cleanup().await;
 }
 
+/// An activity claimed ahead that a turn committed through this provider
+/// cancels (deleting its row) is not handed to a worker.
+#[tokio::test]
+async fn an_activity_claimed_ahead_and_cancelled_by_a_local_turn_is_not_handed_out() {
+    use duroxide::providers::ScheduledActivityIdentifier;
+    let px = Proxied::new(Duration::ZERO).await;
+    px.create_instance("i").await;
+    px.enqueue_activity("i", 1).await;
+    px.enqueue_activity("i", 2).await;
+    let (_, token, _) = px.fetch_work().await;
+    px.p()
+        .ack_work_item(&token, Some(completion("i", 1)))
+        .await
+        .expect("ack 1, which claims 2 ahead");
+    let (item, token, _) = px
+        .p()
+        .fetch_orchestration_item(LOCK, Duration::from_secs(5), None)
+        .await
+        .expect("fetch")
+        .expect("the turn with activity 1's completion");
+    px.p()
+        .ack_orchestration_item(
+            &token,
+            item.execution_id,
+            vec![],
+            vec![],
+            vec![],
+            Default::default(),
+            vec![ScheduledActivityIdentifier {
+                instance: "i".to_owned(),
+                execution_id: item.execution_id,
+                activity_id: 2,
+            }],
+        )
+        .await
+        .expect("the turn that cancels activity 2");
+    let next = px
+        .p()
+        .fetch_work_item(LOCK, Duration::ZERO, None, &TagFilter::DefaultOnly)
+        .await
+        .expect("fetch");
+    assert!(
+        next.is_none(),
+        "a cancelled activity was handed out: {next:?}"
+    );
+    px.cleanup().await;
+}
+
 /// An activity an ack claimed that no fetch of this provider takes within
 /// the window is released: another process fetches it, as a first attempt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

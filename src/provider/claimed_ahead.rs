@@ -28,14 +28,17 @@
 //! before the acknowledgement was sent.
 //!
 //! If the process exits meanwhile, the lock expires as any lock of a process
-//! that exits does.
+//! that exits does. An activity a turn committed through this provider
+//! cancels (its row deleted) is dropped from here, so no worker starts it;
+//! one cancelled by another process is handed out and found cancelled at
+//! its first lock renewal, as one fetched just before the cancellation.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use duroxide::providers::{SessionFetchConfig, TagFilter, WorkItem};
+use duroxide::providers::{ScheduledActivityIdentifier, SessionFetchConfig, TagFilter, WorkItem};
 use tokio::time::Instant;
 
 use super::handoff::Handed;
@@ -215,6 +218,38 @@ impl ClaimedAhead {
         self.fetched(&token, &taken.item, shape.clone());
         crate::observe::claimed_ahead_taken();
         Some((taken.item, token, taken.attempt_count))
+    }
+
+    /// A committed turn of this provider deleted these activities' rows:
+    /// drop them, with nothing left to release.
+    pub(crate) fn cancelled(&self, cancelled: &[ScheduledActivityIdentifier]) {
+        if cancelled.is_empty() {
+            return;
+        }
+        let gone: Vec<Waiting> = {
+            let mut list = lock(&self.waiting);
+            let (gone, kept) = std::mem::take(&mut *list).into_iter().partition(|w| {
+                let WorkItem::ActivityExecute {
+                    instance,
+                    execution_id,
+                    id,
+                    ..
+                } = &w.item
+                else {
+                    return false;
+                };
+                cancelled.iter().any(|c| {
+                    &c.instance == instance
+                        && c.execution_id == *execution_id
+                        && c.activity_id == *id
+                })
+            });
+            *list = kept;
+            gone
+        };
+        for w in gone {
+            w.claim.settled();
+        }
     }
 
     /// Releases every activity waiting here (the provider is dropped).

@@ -348,6 +348,8 @@ pub(crate) async fn ack(
                 last_event_id,
                 sent,
             );
+            // Their rows are gone: no worker of this provider gets them.
+            p.claimed_ahead.cancelled(cancelled);
             claimed
         }
         AckOutcome::LockLost => {
