@@ -136,6 +136,14 @@ pub(crate) fn describe() {
         name::COMPLETIONS_HELD,
         "Activity completions held for the other activities of their execution"
     );
+    describe_counter!(
+        name::CLAIMED_AHEAD_TAKEN,
+        "Worker fetches answered with the activity the previous acknowledgement claimed for them"
+    );
+    describe_counter!(
+        name::CLAIMED_AHEAD_RELEASED,
+        "Activities an acknowledgement claimed that no fetch took within next_activity_window"
+    );
     describe_gauge!(name::POOL_IN_USE, "Pooled connections checked out");
     describe_gauge!(name::POOL_IDLE, "Pooled connections open and idle");
     describe_histogram!(

@@ -598,6 +598,28 @@ async fn a_read_right_after_an_activity_claim_sends_nothing() {
 /// attempt; with `next_activity_window(0)` the fetch goes to the server.
 #[tokio::test]
 async fn a_fetch_right_after_an_ack_sends_nothing() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    const TAKEN: &str = "provider.activities_claimed_ahead";
+    const RELEASED: &str = "provider.activities_claimed_ahead_released";
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    // A current-thread test: the release task runs on this thread too.
+    let _local = metrics::set_default_local_recorder(&recorder);
+    // A snapshot drains the counters: add each one's to the totals.
+    let (mut taken, mut released) = (0, 0);
+    let mut drain = || {
+        for (key, .., value) in snapshotter.snapshot().into_vec() {
+            let DebugValue::Counter(n) = value else {
+                continue;
+            };
+            match key.key().name() {
+                TAKEN => taken += n,
+                RELEASED => released += n,
+                _ => {}
+            }
+        }
+        (taken, released)
+    };
     let px = Proxied::new(Duration::ZERO).await;
     px.create_instance("i").await;
     for id in 1..=4 {
@@ -645,9 +667,29 @@ async fn a_fetch_right_after_an_ack_sends_nothing() {
         .await
         .expect("ack");
     px.enqueue_activity("i", 5).await;
-    let ((item, _, _), rt) = px.measure(px.fetch_work()).await;
+    let ((item, token, _), rt) = px.measure(px.fetch_work()).await;
     assert_eq!(rt, 1, "nothing was claimed ahead");
     assert!(matches!(item, WorkItem::ActivityExecute { id: 5, .. }));
+    // Activity 6, claimed by the ack of 5, is not fetched within the window:
+    // released, counted, and fetched from the server next.
+    px.enqueue_activity("i", 6).await;
+    px.p()
+        .ack_work_item(&token, Some(completion("i", 5)))
+        .await
+        .expect("ack 5, which claims 6");
+    let started = std::time::Instant::now();
+    let unlocked = "SELECT count(*) FROM worker_queue WHERE activity_id = 6 AND lock_token IS NULL";
+    while px.db.scalar(unlocked).await.as_deref() != Some("1") {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the claim of activity 6 was never released"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (item, _, attempts) = px.fetch_work().await;
+    assert!(matches!(item, WorkItem::ActivityExecute { id: 6, .. }));
+    assert_eq!(attempts, 1, "the release does not count an attempt");
+    assert_eq!(drain(), (3, 1), "taken: activities 2, 3 and 4; released: 6");
     px.cleanup().await;
 
     let px = Proxied::with_options(Route::Direct, Duration::ZERO, |b| {
