@@ -403,6 +403,19 @@ async fn errors_are_classified_the_same_on_a_server_speaking_german() {
     db.cleanup().await;
 }
 
+/// A provider reaching `db` through `proxy` whose calls give up after
+/// 700 ms, on one pooled connection: a call whose reply the proxy loses
+/// times out quickly, and the next call opens a fresh connection.
+async fn through(proxy: &Proxy, db: &TestDb) -> PostgresProvider {
+    PostgresProvider::builder(&proxy.url(&db.url))
+        .schema(&db.schema)
+        .call_timeout(Duration::from_millis(700))
+        .max_connections(1)
+        .build()
+        .await
+        .unwrap()
+}
+
 /// A fetch whose reply is lost after its lock was committed: the lock is
 /// released at once instead of hiding the work for the whole lock timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -410,16 +423,7 @@ async fn a_lock_taken_by_a_fetch_whose_reply_was_lost_is_released() {
     let db = TestDb::new().await;
     let direct = db.provider().await;
     let proxy = Proxy::for_url(&db.url, Duration::ZERO).await.unwrap();
-    let through_proxy = || async {
-        PostgresProvider::builder(&proxy.url(&db.url))
-            .schema(&db.schema)
-            .call_timeout(Duration::from_millis(700))
-            .max_connections(1)
-            .build()
-            .await
-            .unwrap()
-    };
-    let (workers, orchestrators) = (through_proxy().await, through_proxy().await);
+    let (workers, orchestrators) = (through(&proxy, &db).await, through(&proxy, &db).await);
     // Prepare the fetch statements on each pooled connection while the
     // queues are empty, so a fetch later is one message that runs without
     // waiting for any reply.
@@ -506,13 +510,7 @@ async fn an_ack_whose_reply_was_lost_succeeds_when_retried() {
     let db = TestDb::new().await;
     let direct = db.provider().await;
     let proxy = Proxy::for_url(&db.url, Duration::ZERO).await.unwrap();
-    let p = PostgresProvider::builder(&proxy.url(&db.url))
-        .schema(&db.schema)
-        .call_timeout(Duration::from_millis(700))
-        .max_connections(1)
-        .build()
-        .await
-        .unwrap();
+    let p = through(&proxy, &db).await;
     let lock = Duration::from_secs(60);
     let fetch_turn = || async {
         p.fetch_orchestration_item(lock, Duration::ZERO, None)
@@ -608,13 +606,7 @@ async fn an_activity_claimed_by_an_ack_whose_reply_was_lost_is_released() {
     let db = TestDb::new().await;
     let direct = db.provider().await;
     let proxy = Proxy::for_url(&db.url, Duration::ZERO).await.unwrap();
-    let p = PostgresProvider::builder(&proxy.url(&db.url))
-        .schema(&db.schema)
-        .call_timeout(Duration::from_millis(700))
-        .max_connections(1)
-        .build()
-        .await
-        .unwrap();
+    let p = through(&proxy, &db).await;
     let lock = Duration::from_secs(60);
     let fetch_work = || async {
         p.fetch_work_item(lock, Duration::ZERO, None, &TagFilter::Any)

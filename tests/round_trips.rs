@@ -152,6 +152,20 @@ impl Proxied {
             .expect("enqueue activity");
     }
 
+    /// An instance with activities `1..=activities` queued, the first
+    /// fetched and acknowledged (which warms up the claiming ack).
+    async fn with_first_activity_acked(&self, activities: u64) {
+        self.create_instance("i").await;
+        for id in 1..=activities {
+            self.enqueue_activity("i", id).await;
+        }
+        let (_, token, _) = self.fetch_work().await;
+        self.p()
+            .ack_work_item(&token, Some(completion("i", 1)))
+            .await
+            .expect("ack activity 1");
+    }
+
     async fn fetch_work(&self) -> (WorkItem, String, u32) {
         self.p()
             .fetch_work_item(LOCK, Duration::ZERO, None, &TagFilter::DefaultOnly)
@@ -621,16 +635,7 @@ async fn a_fetch_right_after_an_ack_sends_nothing() {
         (taken, released)
     };
     let px = Proxied::new(Duration::ZERO).await;
-    px.create_instance("i").await;
-    for id in 1..=4 {
-        px.enqueue_activity("i", id).await;
-    }
-    // Warm up the fetch and the ack that claims.
-    let (_, token, _) = px.fetch_work().await;
-    px.p()
-        .ack_work_item(&token, Some(completion("i", 1)))
-        .await
-        .expect("warm ack");
+    px.with_first_activity_acked(4).await;
     for id in 2..=3 {
         let ((item, token, attempts), rt) = px.measure(px.fetch_work()).await;
         assert_eq!(rt, 0, "the fetch of activity {id} after an ack");
@@ -696,15 +701,7 @@ async fn a_fetch_right_after_an_ack_sends_nothing() {
         b.next_activity_window(Duration::ZERO)
     })
     .await;
-    px.create_instance("i").await;
-    for id in 1..=3 {
-        px.enqueue_activity("i", id).await;
-    }
-    let (_, token, _) = px.fetch_work().await;
-    px.p()
-        .ack_work_item(&token, Some(completion("i", 1)))
-        .await
-        .expect("warm ack");
+    px.with_first_activity_acked(3).await;
     let ((_, token, _), rt) = px.measure(px.fetch_work()).await;
     assert_eq!(rt, 1, "without a window the fetch goes to the server");
     let (res, rt) = px
@@ -785,14 +782,8 @@ async fn claims_ahead_keep_queue_order_and_session_owners() {
 async fn an_activity_claimed_ahead_and_cancelled_by_a_local_turn_is_not_handed_out() {
     use duroxide::providers::ScheduledActivityIdentifier;
     let px = Proxied::new(Duration::ZERO).await;
-    px.create_instance("i").await;
-    px.enqueue_activity("i", 1).await;
-    px.enqueue_activity("i", 2).await;
-    let (_, token, _) = px.fetch_work().await;
-    px.p()
-        .ack_work_item(&token, Some(completion("i", 1)))
-        .await
-        .expect("ack 1, which claims 2 ahead");
+    // Acknowledging activity 1 claims activity 2 ahead.
+    px.with_first_activity_acked(2).await;
     let (item, token, _) = px
         .p()
         .fetch_orchestration_item(LOCK, Duration::from_secs(5), None)
@@ -838,14 +829,8 @@ async fn an_activity_claimed_ahead_and_not_taken_is_released() {
     let other = PostgresProvider::new_with_schema(&px.db.url, Some(&px.db.schema))
         .await
         .expect("another provider");
-    px.create_instance("i").await;
-    px.enqueue_activity("i", 1).await;
-    px.enqueue_activity("i", 2).await;
-    let (_, token, _) = px.fetch_work().await;
-    px.p()
-        .ack_work_item(&token, Some(completion("i", 1)))
-        .await
-        .expect("ack that claims activity 2");
+    // Acknowledging activity 1 claims activity 2 ahead.
+    px.with_first_activity_acked(2).await;
     let now = other
         .fetch_work_item(LOCK, Duration::ZERO, None, &TagFilter::DefaultOnly)
         .await
