@@ -351,13 +351,13 @@ impl PostgresProviderBuilder {
     /// acknowledgement's own statement and transaction, and the next
     /// `fetch_work_item` on this provider with that lock timeout, a filter
     /// that accepts it and, for a session-bound activity, the same session
-    /// owner gets it without a round trip. An activity nobody fetched within the window (or a
-    /// quarter of its lock timeout, if shorter) is released at once (not
-    /// counted as an attempt), as is one whose acknowledgement's outcome is
-    /// unknown and every one waiting when the provider is dropped; until
-    /// then other processes do not see it. Its lock counts from the claim,
-    /// so a worker that takes it holds it for up to the window less than
-    /// its lock timeout.
+    /// owner gets it without a round trip. An activity nobody fetched
+    /// within the window (or a quarter of its lock timeout, if shorter) is
+    /// released at once (not counted as an attempt), as is one whose
+    /// acknowledgement's outcome is unknown and every one waiting when the
+    /// provider is dropped; until then other processes do not see it. Its
+    /// lock counts from the claim, so a worker that takes it holds it for
+    /// up to the window less than its lock timeout.
     pub fn next_activity_window(mut self, window: Duration) -> Self {
         self.options.next_activity_window = window;
         self

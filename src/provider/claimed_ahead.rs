@@ -41,7 +41,7 @@ use std::time::Duration;
 use duroxide::providers::{ScheduledActivityIdentifier, SessionFetchConfig, TagFilter, WorkItem};
 use tokio::time::Instant;
 
-use super::handoff::Handed;
+use super::handoff::{Handed, is_cancelled};
 use super::unclaimed::Claim;
 
 /// Most lock tokens remembered at once; a runtime holds one per running
@@ -226,27 +226,9 @@ impl ClaimedAhead {
         if cancelled.is_empty() {
             return;
         }
-        let gone: Vec<Waiting> = {
-            let mut list = lock(&self.waiting);
-            let (gone, kept) = std::mem::take(&mut *list).into_iter().partition(|w| {
-                let WorkItem::ActivityExecute {
-                    instance,
-                    execution_id,
-                    id,
-                    ..
-                } = &w.item
-                else {
-                    return false;
-                };
-                cancelled.iter().any(|c| {
-                    &c.instance == instance
-                        && c.execution_id == *execution_id
-                        && c.activity_id == *id
-                })
-            });
-            *list = kept;
-            gone
-        };
+        let gone: Vec<Waiting> = lock(&self.waiting)
+            .extract_if(.., |w| is_cancelled(&w.item, cancelled))
+            .collect();
         for w in gone {
             w.claim.settled();
         }
@@ -254,6 +236,7 @@ impl ClaimedAhead {
 
     /// Releases every activity waiting here (the provider is dropped).
     pub(crate) fn release_all(&self) {
+        // Taken out first: the claims release outside the lock.
         let all = std::mem::take(&mut *lock(&self.waiting));
         drop(all);
     }

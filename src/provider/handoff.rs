@@ -69,9 +69,6 @@ impl Waiters {
         let mut waiting = self.lock();
         for (index, item) in items.iter().enumerate() {
             let WorkItem::ActivityExecute {
-                instance,
-                execution_id,
-                id,
                 session_id: None,
                 tag,
                 ..
@@ -79,10 +76,7 @@ impl Waiters {
             else {
                 continue;
             };
-            let is_cancelled = cancelled.iter().any(|c| {
-                &c.instance == instance && c.execution_id == *execution_id && c.activity_id == *id
-            });
-            if is_cancelled {
+            if is_cancelled(item, cancelled) {
                 continue;
             }
             if let Some(pos) = waiting
@@ -99,6 +93,22 @@ impl Waiters {
         }
         None
     }
+}
+
+/// Whether `item` is an activity that `cancelled` names.
+pub(crate) fn is_cancelled(item: &WorkItem, cancelled: &[ScheduledActivityIdentifier]) -> bool {
+    let WorkItem::ActivityExecute {
+        instance,
+        execution_id,
+        id,
+        ..
+    } = item
+    else {
+        return false;
+    };
+    cancelled
+        .iter()
+        .any(|c| &c.instance == instance && c.execution_id == *execution_id && c.activity_id == *id)
 }
 
 /// A waiter taken by a turn, to receive the item the turn claims for it.
